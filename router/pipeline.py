@@ -1,0 +1,387 @@
+"""The one place the stages are composed into Ray Data pipelines (DESIGN.md 2).
+
+    read -> validate -> encode -> score & cost  (one streaming pass, materialised: N x M floats)
+    budget pass 1: per-batch breakpoint histograms, merged on the driver  -> critical bin
+    budget pass 2: the critical bin's exact breakpoints (only when the budget binds) -> lambda*
+    assign(lambda*) -> per engine: generate -> write parquet; rows not to generate are written as is
+
+Each stage's resources are on the line that adds it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from router import budget as B
+from router import schema as S
+from router.config import ConfigError, JobConfig, ModelSpec
+from router.inputs import ReadUnits, plan_read, units_as_items
+from router.profiles import load_profiles
+from router.route import Assigner, PoolArrays, Scorer, keys_of, matrix_from_column
+
+# Rows per batch for the vectorised stages (score, budget, assign): large enough that numpy's
+# per-call overhead vanishes, small enough to stay in cache-friendly sizes.
+ROUTE_BATCH = 8192
+
+
+@dataclass
+class Phase:
+    name: str
+    rows: int
+    seconds: float
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else math.inf
+
+
+@dataclass
+class RunResult:
+    output: str | None
+    n_rows: int
+    plan: B.BudgetPlan | None
+    budget: float
+    allow_skip: bool
+    phases: list[Phase] = field(default_factory=list)
+    by_model: list[dict[str, Any]] = field(default_factory=list)
+    by_status: dict[str, int] = field(default_factory=dict)
+    standin: bool = False
+
+
+def log(msg: str) -> None:
+    print(f"[router] {msg}", flush=True)
+
+
+def init_ray(cfg: JobConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {}
+    if cfg.ray_address is None and "RAY_ADDRESS" not in os.environ:
+        # A private local instance: no dashboard, no token file to trip later `ray start` calls.
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        kwargs["include_dashboard"] = False
+    ray.init(address=cfg.ray_address, **kwargs)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = os.environ.get("ROUTER_PROGRESS", "1") == "1"
+    # Without a terminal, per-operator bars become a log block every few seconds: keep the total.
+    ctx.enable_operator_progress_bars = sys.stdout.isatty()
+
+
+def check_profiles(cfg: JobConfig):
+    try:
+        profiles = load_profiles(cfg.profiles)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+    unknown = [m for m in cfg.model_names if m not in profiles.models]
+    if unknown:
+        raise ConfigError(
+            f"unknown model {unknown[0]!r}: the profiles ({cfg.profiles}) know {', '.join(profiles.models)}; "
+            "profile it with `router profile` or remove it from the pool"
+        )
+    from router.encode import encoder_name
+
+    if encoder_name(cfg.encoder.model) != profiles.encoder:
+        raise ConfigError(
+            f"the profiles were built with encoder {profiles.encoder!r} but encoder.model is "
+            f"{cfg.encoder.model!r}; use the same encoder for both"
+        )
+    return profiles
+
+
+def _gpus_available() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0))
+
+
+def scored_dataset(cfg: JobConfig):
+    """read -> validate -> encode -> score & cost, materialised once (the text is never re-encoded)."""
+    import ray
+    from router.encode import Encoder
+
+    units, _ = plan_read(cfg.input, cfg.text_column, cfg.id_column)
+    on_gpu = cfg.encoder.device == "cuda" or (cfg.encoder.device == "auto" and _gpus_available() > 0)
+    ds = ray.data.from_items(units_as_items(units), override_num_blocks=len(units))
+    ds = ds.map_batches(
+        ReadUnits, fn_constructor_kwargs=dict(text_column=cfg.text_column, id_column=cfg.id_column),
+        compute=ray.data.ActorPoolStrategy(size=1), batch_size=1, batch_format="pyarrow", num_cpus=0.25,
+    )  # fmt: skip
+    ds = ds.map_batches(
+        Encoder, fn_constructor_kwargs=dict(model=cfg.encoder.model, device="cuda" if on_gpu else "cpu",
+                                            batch_size=cfg.encoder.batch_size),
+        compute=ray.data.ActorPoolStrategy(size=cfg.encoder.replicas), batch_size=cfg.encoder.batch_size,
+        batch_format="pyarrow", num_gpus=1 if on_gpu else 0, num_cpus=1,
+    )  # fmt: skip
+    ds = ds.map_batches(
+        Scorer, fn_constructor_kwargs=dict(profiles=cfg.profiles, pool=PoolArrays.from_config(cfg)),
+        compute=ray.data.ActorPoolStrategy(size=1), batch_size=ROUTE_BATCH, batch_format="pyarrow", num_cpus=0.25,
+    )  # fmt: skip
+    return ds.materialize()
+
+
+def _summary_rows(batch: pa.Table, allow_skip: bool) -> pa.Table:
+    s = B.summarize(matrix_from_column(batch[S.QUALITY]), _cost(batch), allow_skip=allow_skip)
+    nz = np.flatnonzero(s.counts)
+    return pa.table(
+        {
+            "base_cost": [s.base_cost],
+            "min_cost": [s.min_cost],
+            "n_rows": [s.n_rows],
+            "bins": [nz.astype(np.int64)],
+            "hist": [s.hist[nz]],
+            "counts": [s.counts[nz]],
+        }
+    )
+
+
+def _cost(batch: pa.Table) -> np.ndarray:
+    return matrix_from_column(batch[S.COST]).astype(np.float64)
+
+
+def _collect_rows(batch: pa.Table, bin: int, allow_skip: bool) -> pa.Table:
+    lam, dcost, keys = B.collect_bin(
+        matrix_from_column(batch[S.QUALITY]), _cost(batch), keys_of(batch), bin, allow_skip=allow_skip
+    )
+    return pa.table({"lam": pa.array(lam, pa.float64()), "dcost": pa.array(dcost, pa.float64()),
+                     "key": pa.array(keys, pa.string())})  # fmt: skip
+
+
+def _merged_summary(scored, allow_skip: bool) -> B.BudgetSummary:
+    total = B.BudgetSummary.empty(allow_skip=allow_skip)
+    summaries = scored.map_batches(
+        _summary_rows, fn_kwargs=dict(allow_skip=allow_skip), batch_size=ROUTE_BATCH, batch_format="pyarrow",
+        num_cpus=0.25,
+    )  # fmt: skip
+    for row in summaries.iter_rows():  # one row per batch; the driver keeps one histogram
+        hist = np.zeros(B.NBINS)
+        counts = np.zeros(B.NBINS, np.int64)
+        hist[row["bins"]] = row["hist"]
+        counts[row["bins"]] = row["counts"]
+        total = total.merge(B.BudgetSummary(row["base_cost"], row["min_cost"], hist, counts, row["n_rows"], allow_skip))
+    return total
+
+
+def solve_plan(scored, budget: float) -> tuple[B.BudgetPlan, bool]:
+    """Pass 1 (histogram) and, when the budget binds, pass 2 (the critical bin): lambda* and ties."""
+    summary = _merged_summary(scored, allow_skip=False)
+    allow_skip = budget < summary.min_cost
+    if allow_skip:
+        log(f"budget {budget:.6g} USD is below the cheapest assignment ({summary.min_cost:.6g} USD): "
+            "some rows will be left unanswered (status over_budget)")  # fmt: skip
+        summary = _merged_summary(scored, allow_skip=True)
+    bin = B.critical_bin(summary, budget)
+    if bin is None:
+        return B.solve_lambda(summary, budget, [], [], []), allow_skip
+    found = scored.map_batches(
+        _collect_rows, fn_kwargs=dict(bin=bin, allow_skip=allow_skip), batch_size=ROUTE_BATCH,
+        batch_format="pyarrow", num_cpus=0.25,
+    ).to_arrow_refs()  # fmt: skip
+    import ray
+
+    tables = [t for t in ray.get(found) if t.num_rows]
+    t = pa.concat_tables(tables) if tables else pa.table({"lam": [], "dcost": [], "key": []})
+    lam = t["lam"].to_numpy()
+    dcost = t["dcost"].to_numpy()
+    keys = t["key"].to_numpy(zero_copy_only=False).astype(str)
+    return B.solve_lambda(summary, budget, lam, dcost, keys), allow_skip
+
+
+def engine_groups(cfg: JobConfig, weights_of: Callable[[ModelSpec], str]) -> dict[tuple, list[ModelSpec]]:
+    """Pool models that share weights and parallelism share one engine pool."""
+    groups: dict[tuple, list[ModelSpec]] = {}
+    for m in cfg.models:
+        groups.setdefault((weights_of(m), m.tensor_parallel), []).append(m)
+    return groups
+
+
+def _select(batch: pa.Table, models: list[str] | None) -> pa.Table:
+    ok = pc.equal(batch[S.STATUS], S.OK)
+    if models is None:  # the rows no engine will see
+        return batch.filter(pc.invert(pc.fill_null(ok, False)))
+    return batch.filter(pc.and_(ok, pc.is_in(batch[S.MODEL], pa.array(models, pa.string()))))
+
+
+def finalize(batch: pa.Table, text_column: str) -> pa.Table:
+    """The output's columns and types, whatever the row's fate: one schema across every file."""
+    n = batch.num_rows
+    types = {
+        S.RESPONSE: pa.string(), S.INPUT_TOKENS: pa.int64(), S.OUTPUT_TOKENS: pa.int64(),
+        S.ACTUAL_COST: pa.float64(), S.FINISH_REASON: pa.string(), S.GENERATION_SECONDS: pa.float64(),
+    }  # fmt: skip
+    for name, t in types.items():
+        if name not in batch.column_names:
+            batch = batch.append_column(name, pa.nulls(n, t))
+    batch = batch.drop_columns([c for c in (S.EST_INPUT_TOKENS,) if c in batch.column_names])
+    batch = batch.rename_columns([text_column if c == S.PROMPT else c for c in batch.column_names])
+    first = [S.ID, text_column]
+    ordered = first + [c for c in batch.column_names if c not in first and c not in S.OUTPUT_COLUMNS]
+    return batch.select(ordered + list(S.OUTPUT_COLUMNS))
+
+
+def _check_output(output: str) -> None:
+    from router.inputs import _filesystem
+    import pyarrow.fs as pafs
+
+    fs, path = _filesystem(output)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        raise ConfigError(f"output {output!r} is a file; give a folder")
+    if info.type == pafs.FileType.Directory and fs.get_file_info(pafs.FileSelector(path, recursive=True)):
+        raise ConfigError(f"output {output!r} is not empty; choose a new folder or delete it")
+
+
+def validate_job(cfg: JobConfig, *, generate: bool):
+    """Everything that can be checked before Ray starts: files, columns, profiles, output."""
+    profiles = check_profiles(cfg)
+    plan_read(cfg.input, cfg.text_column, cfg.id_column)
+    if generate:
+        _check_output(cfg.output)
+    return profiles
+
+
+def route(cfg: JobConfig, result: RunResult):
+    """Encode, score and solve the budget; returns the assigned dataset (materialised)."""
+    t0 = time.perf_counter()
+    scored = scored_dataset(cfg)
+    n = scored.count()
+    result.n_rows = n
+    result.phases.append(Phase("read+encode+score", n, time.perf_counter() - t0))
+    log(f"encoded and scored {n} rows in {result.phases[-1].seconds:.1f}s ({result.phases[-1].rows_per_s:.0f} rows/s)")
+    t0 = time.perf_counter()
+    plan, allow_skip = solve_plan(scored, cfg.budget.total)
+    result.plan, result.allow_skip = plan, allow_skip
+    result.phases.append(Phase("budget solve", n, time.perf_counter() - t0))
+    log(f"budget {cfg.budget.total:.6g} USD: lambda*={plan.lam:.6g}, predicted spend {plan.predicted_cost:.6g} USD "
+        f"({result.phases[-1].seconds:.1f}s)")  # fmt: skip
+    t0 = time.perf_counter()
+    assigned = scored.map_batches(
+        Assigner, fn_constructor_kwargs=dict(models=cfg.model_names, plan=plan, allow_skip=allow_skip),
+        compute=ray_actor_pool(1), batch_size=ROUTE_BATCH, batch_format="pyarrow", num_cpus=0.25,
+    ).materialize()  # fmt: skip
+    result.phases.append(Phase("assign", n, time.perf_counter() - t0))
+    return assigned
+
+
+def ray_actor_pool(size: int):
+    import ray
+
+    return ray.data.ActorPoolStrategy(size=size)
+
+
+def standin_weights(cfg: JobConfig) -> Callable[[ModelSpec], str]:
+    if not cfg.generation.standin:
+        return lambda m: m.weights
+    from router.standin import build_standin, default_standin_dir
+
+    path = str(build_standin(default_standin_dir()))
+    return lambda m: path
+
+
+def generate_and_write(cfg: JobConfig, assigned, result: RunResult) -> None:
+    from router.generate import VLLMGenerator
+
+    weights_of = standin_weights(cfg)
+    on_gpu = _gpus_available() > 0
+    for (weights, tp), members in engine_groups(cfg, weights_of).items():
+        names = [m.name for m in members]
+        rows = assigned.map_batches(_select, fn_kwargs=dict(models=names), batch_format="pyarrow", num_cpus=0.25)
+        n = rows.count()
+        if n == 0:
+            log(f"generate {', '.join(names)}: no rows routed here, engine not started")
+            continue
+        settings = {
+            m.name: dict(max_tokens=m.max_tokens, temperature=m.temperature, top_p=m.top_p,
+                         input_price=m.input_price, output_price=m.output_price)
+            for m in members
+        }  # fmt: skip
+        max_len = min(m.max_context for m in members)
+        dtype = "float32" if cfg.generation.standin else cfg.generation.dtype
+        replicas = max(m.replicas for m in members)
+        t0 = time.perf_counter()
+        log(f"generate {', '.join(names)}: {n} rows on {replicas} engine(s) of {weights}")
+        out = rows.map_batches(
+            VLLMGenerator,
+            fn_constructor_kwargs=dict(weights=weights, models=settings, max_model_len=max_len,
+                                       tensor_parallel_size=tp, dtype=dtype),
+            compute=ray_actor_pool(replicas), batch_size=cfg.generation.batch_size, batch_format="pyarrow",
+            num_gpus=tp if on_gpu else 0, num_cpus=1,
+        )  # fmt: skip
+        out = out.map_batches(finalize, fn_kwargs=dict(text_column=cfg.text_column), batch_format="pyarrow",
+                              num_cpus=0.25)  # fmt: skip
+        out.write_parquet(cfg.output)
+        result.phases.append(Phase(f"generate {'+'.join(names)}", n, time.perf_counter() - t0))
+        log(f"generate {', '.join(names)}: done in {result.phases[-1].seconds:.1f}s")
+    rest = assigned.map_batches(_select, fn_kwargs=dict(models=None), batch_format="pyarrow", num_cpus=0.25)
+    rest = rest.map_batches(finalize, fn_kwargs=dict(text_column=cfg.text_column), batch_format="pyarrow",
+                            num_cpus=0.25)  # fmt: skip
+    if rest.count():
+        rest.write_parquet(cfg.output)
+
+
+TALLY_SUMS = (S.PREDICTED_COST, S.ACTUAL_COST, S.INPUT_TOKENS, S.OUTPUT_TOKENS)
+
+
+def _tally_batch(batch: pa.Table) -> pa.Table:
+    """Per-batch partial sums by (model, status); the driver adds them up."""
+    sums = [c for c in TALLY_SUMS if c in batch.column_names]
+    t = batch.select([S.MODEL, S.STATUS, *sums]).group_by([S.MODEL, S.STATUS], use_threads=False)
+    return t.aggregate([([], "count_all")] + [(c, "sum") for c in sums])
+
+
+def tally(ds) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Rows and sums per model and rows per status, with driver memory independent of N."""
+    by_model: dict[Any, dict[str, Any]] = {}
+    by_status: dict[str, int] = {}
+    for part in ds.map_batches(_tally_batch, batch_format="pyarrow", num_cpus=0.25).iter_rows():
+        m = by_model.setdefault(part[S.MODEL], {S.MODEL: part[S.MODEL], "count_all": 0})
+        m["count_all"] += part["count_all"]
+        by_status[part[S.STATUS]] = by_status.get(part[S.STATUS], 0) + part["count_all"]
+        for c in TALLY_SUMS:
+            if f"{c}_sum" in part:
+                m[f"{c}_sum"] = (m.get(f"{c}_sum") or 0) + (part[f"{c}_sum"] or 0)
+    return sorted(by_model.values(), key=lambda r: (r[S.MODEL] is None, r[S.MODEL] or "")), by_status
+
+
+def summarize_output(cfg: JobConfig, result: RunResult) -> None:
+    """Rows, spend and tokens per model and per status, read back from what was written."""
+    import ray
+
+    written = ray.data.read_parquet(cfg.output, columns=[S.MODEL, S.STATUS, *TALLY_SUMS])
+    result.by_model, result.by_status = tally(written)
+    result.n_rows = sum(result.by_status.values())
+
+
+def plan_job(cfg: JobConfig) -> tuple[RunResult, Any]:
+    """Route only: the assignment and predicted spend. Returns the result and the assigned dataset."""
+    validate_job(cfg, generate=False)
+    init_ray(cfg)
+    result = RunResult(output=None, n_rows=0, plan=None, budget=cfg.budget.total, allow_skip=False)
+    assigned = route(cfg, result)
+    result.by_model, result.by_status = tally(assigned)
+    return result, assigned
+
+
+def run_job(cfg: JobConfig) -> RunResult:
+    """Route and generate; writes the output folder and its report."""
+    validate_job(cfg, generate=True)
+    init_ray(cfg)
+    result = RunResult(output=cfg.output, n_rows=0, plan=None, budget=cfg.budget.total, allow_skip=False,
+                       standin=cfg.generation.standin)  # fmt: skip
+    assigned = route(cfg, result)
+    generate_and_write(cfg, assigned, result)
+    summarize_output(cfg, result)
+    from router.report import write_report
+
+    write_report(cfg, result)
+    return result

@@ -1,0 +1,302 @@
+"""InferenceDynamics profiles: per-model capability and knowledge vectors, and scoring in matrix form.
+
+A query's capabilities and knowledge domains are ranked lists (top-r nearest capability
+prototypes and knowledge centroids of its embedding); the element at rank j weighs
+w_j = alpha^(j-1) / sum_m alpha^(m-1). A model's profile value for an element is the mean, over the
+index queries tagged with it, of (score - beta * cost) * w_j; a query's predicted quality for a
+model is sum_j w_j Cap(c_j) + sum_j w_j Know(k_j). Everything here is numpy on whole arrays.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+PROFILE_VERSION = 1
+PACKAGED = ("open9",)
+
+
+def rank_weights(r: int, alpha: float) -> np.ndarray:
+    """w_j = alpha^(j-1) / sum_{m=1..r} alpha^(m-1), j = 1..r."""
+    w = alpha ** np.arange(r, dtype=np.float64)
+    return (w / w.sum()).astype(np.float32)
+
+
+def top_r(similarity: np.ndarray, r: int) -> np.ndarray:
+    """Indices [N, r] of the r largest entries of each row, largest first (ties: lower index)."""
+    n, k = similarity.shape
+    r = min(r, k)
+    if r < k:
+        part = np.argpartition(-similarity, r - 1, axis=1)[:, :r]
+    else:
+        part = np.broadcast_to(np.arange(k), (n, k))
+    vals = np.take_along_axis(similarity, part, axis=1)
+    # lexsort: primary key descending similarity, secondary ascending index, for a fixed tie rule.
+    order = np.lexsort((part, -vals), axis=1)
+    return np.take_along_axis(part, order, axis=1).astype(np.int64)
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norm, 1e-12)
+
+
+def spherical_kmeans(x: np.ndarray, k: int, *, seed: int = 0, iterations: int = 50) -> np.ndarray:
+    """Unit-norm centroids [k, D] of unit-norm rows x, cosine k-means with k-means++ seeding."""
+    x = normalize(x)
+    n = len(x)
+    if n < k:
+        raise ValueError(f"cannot make {k} clusters from {n} queries; lower the number of clusters")
+    rng = np.random.default_rng(seed)
+    centroids = np.empty((k, x.shape[1]), dtype=np.float32)
+    centroids[0] = x[rng.integers(n)]
+    dist = 1.0 - x @ centroids[0]
+    for c in range(1, k):
+        p = np.maximum(dist, 0) ** 2
+        total = p.sum()
+        idx = rng.choice(n, p=p / total) if total > 0 else rng.integers(n)
+        centroids[c] = x[idx]
+        dist = np.minimum(dist, 1.0 - x @ centroids[c])
+    labels = None
+    for _ in range(iterations):
+        new_labels = np.argmax(x @ centroids.T, axis=1)
+        if labels is not None and np.array_equal(new_labels, labels):
+            break
+        labels = new_labels
+        sums = np.zeros_like(centroids)
+        np.add.at(sums, labels, x)
+        empty = np.linalg.norm(sums, axis=1) == 0
+        sums[empty] = centroids[empty]  # keep an emptied centroid where it was
+        centroids = normalize(sums)
+    return centroids
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """A batch's ranked capability and knowledge lists, as indices into the profile's taxonomy."""
+
+    capabilities: np.ndarray  # int64 [N, r_cap]
+    domains: np.ndarray  # int64 [N, r_know]
+
+
+@dataclass(frozen=True)
+class Profiles:
+    """Capability and knowledge profiles of a pool of models, with the taxonomy they refer to."""
+
+    models: tuple[str, ...]
+    centroids: np.ndarray  # float32 [K, D], unit rows: the knowledge clusters
+    domain_names: tuple[str, ...]  # [K]: a readable name per cluster, for reports
+    capability_vectors: np.ndarray  # float32 [C, D], unit rows: capability prototypes
+    capability_names: tuple[str, ...]  # [C]
+    know: np.ndarray  # float32 [K, M]
+    cap: np.ndarray  # float32 [C, M]
+    output_tokens: np.ndarray  # float32 [K, M]: mean answer tokens per cluster and model, NaN unknown
+    alpha: float = 0.5
+    beta: float = 0.0
+    r_know: int = 3
+    r_cap: int = 3
+    encoder: str = "sentence-transformers/all-MiniLM-L6-v2"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        return int(self.centroids.shape[1])
+
+    def annotate(self, embeddings: np.ndarray) -> Annotation:
+        emb = np.asarray(embeddings, dtype=np.float32)
+        if emb.ndim != 2 or emb.shape[1] != self.dim:
+            raise ValueError(f"embeddings must be [N, {self.dim}] for these profiles, got {emb.shape}")
+        return Annotation(
+            capabilities=top_r(emb @ self.capability_vectors.T, self.r_cap),
+            domains=top_r(emb @ self.centroids.T, self.r_know),
+        )
+
+    def score_annotated(self, ann: Annotation) -> np.ndarray:
+        wc = rank_weights(ann.capabilities.shape[1], self.alpha)
+        wk = rank_weights(ann.domains.shape[1], self.alpha)
+        # Gather [N, r, M] and contract with the rank weights: the same as A_cap @ Cap + A_know @ Know
+        # with one-hot weight matrices, without building them.
+        q = np.einsum("j,njm->nm", wc, self.cap[ann.capabilities])
+        q += np.einsum("j,njm->nm", wk, self.know[ann.domains])
+        return q.astype(np.float32, copy=False)
+
+    def score(self, embeddings: np.ndarray) -> np.ndarray:
+        """Predicted quality [N, M] (float32) for L2-normalised embeddings [N, D]."""
+        return self.score_annotated(self.annotate(embeddings))
+
+    def expected_output_tokens(self, ann: Annotation) -> np.ndarray:
+        """Predicted answer length [N, M] from the top domain's statistics (NaN where unknown)."""
+        return self.output_tokens[ann.domains[:, 0]]
+
+    def select(self, models: Sequence[str]) -> "Profiles":
+        """The same profiles restricted to (and ordered as) `models`."""
+        missing = [m for m in models if m not in self.models]
+        if missing:
+            raise KeyError(
+                f"model {missing[0]!r} has no profile (profiled: {', '.join(self.models)}); "
+                "build one with `router profile`"
+            )
+        cols = [self.models.index(m) for m in models]
+        return replace(
+            self,
+            models=tuple(models),
+            know=self.know[:, cols],
+            cap=self.cap[:, cols],
+            output_tokens=self.output_tokens[:, cols],
+        )
+
+    def save(self, path: str | Path) -> None:
+        meta = {
+            "version": PROFILE_VERSION,
+            "models": list(self.models),
+            "domain_names": list(self.domain_names),
+            "capability_names": list(self.capability_names),
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "r_know": self.r_know,
+            "r_cap": self.r_cap,
+            "encoder": self.encoder,
+            "dim": self.dim,
+            "meta": self.meta,
+        }
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            np.savez_compressed(
+                f,
+                meta=np.frombuffer(json.dumps(meta, indent=1).encode(), dtype=np.uint8),
+                centroids=self.centroids,
+                capability_vectors=self.capability_vectors,
+                know=self.know,
+                cap=self.cap,
+                output_tokens=self.output_tokens,
+            )
+
+
+def profile_path(name_or_path: str | Path) -> Path:
+    if str(name_or_path) in PACKAGED:
+        return Path(str(resources.files("router") / "profiles" / f"{name_or_path}.npz"))
+    return Path(name_or_path)
+
+
+def load_profiles(path: str | Path) -> Profiles:
+    """Load a profile file written by `router profile` (or a packaged name such as `open9`)."""
+    p = profile_path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"profile file {str(p)!r} not found; build one with `router profile`")
+    with np.load(p, allow_pickle=False) as z:
+        meta = json.loads(z["meta"].tobytes().decode())
+        if meta.get("version") != PROFILE_VERSION:
+            raise ValueError(
+                f"profile file {str(p)!r} has version {meta.get('version')}, this router reads "
+                f"version {PROFILE_VERSION}; rebuild it with `router profile`"
+            )
+        return Profiles(
+            models=tuple(meta["models"]),
+            centroids=z["centroids"].astype(np.float32),
+            domain_names=tuple(meta["domain_names"]),
+            capability_vectors=z["capability_vectors"].astype(np.float32),
+            capability_names=tuple(meta["capability_names"]),
+            know=z["know"].astype(np.float32),
+            cap=z["cap"].astype(np.float32),
+            output_tokens=z["output_tokens"].astype(np.float32),
+            alpha=float(meta["alpha"]),
+            beta=float(meta["beta"]),
+            r_know=int(meta["r_know"]),
+            r_cap=int(meta["r_cap"]),
+            encoder=meta["encoder"],
+            meta=meta.get("meta", {}),
+        )
+
+
+def _tag_matrix(idx: np.ndarray, n_elements: int, weights: np.ndarray) -> np.ndarray:
+    """One-hot rank-weight matrix A [N, E] with A[i, idx[i, j]] = w_j."""
+    a = np.zeros((idx.shape[0], n_elements), dtype=np.float32)
+    np.put_along_axis(a, idx, np.broadcast_to(weights, idx.shape), axis=1)
+    return a
+
+
+def _element_means(idx: np.ndarray, n_elements: int, weights: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """(A^T @ values) / N_e where N_e counts the queries tagged with element e (DESIGN.md 3)."""
+    a = _tag_matrix(idx, n_elements, weights)
+    counts = (a > 0).sum(axis=0).astype(np.float32)
+    sums = a.T @ values
+    # An element no index query was tagged with says nothing about any model: give it the pool's
+    # overall mean so it does not favour one model.
+    fallback = values.mean(axis=0, keepdims=True) * float(weights.mean())
+    return np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], fallback).astype(np.float32)
+
+
+def build_profiles(
+    embeddings: np.ndarray,
+    scores: np.ndarray,
+    models: Sequence[str],
+    *,
+    capability_vectors: np.ndarray,
+    capability_names: Sequence[str],
+    domain_vectors: np.ndarray,
+    domain_names: Sequence[str],
+    costs: np.ndarray | None = None,
+    output_tokens: np.ndarray | None = None,
+    n_clusters: int = 32,
+    alpha: float = 0.5,
+    beta: float = 0.0,
+    r_know: int = 3,
+    r_cap: int = 3,
+    encoder: str = "sentence-transformers/all-MiniLM-L6-v2",
+    seed: int = 0,
+    meta: dict[str, Any] | None = None,
+) -> Profiles:
+    """Profiles from an index set: embeddings [N, D], scores [N, M] in [0, 1] (NaN: not evaluated)."""
+    emb = normalize(embeddings)
+    scores = np.asarray(scores, dtype=np.float32)
+    if scores.shape != (len(emb), len(models)):
+        raise ValueError(f"scores must be [{len(emb)}, {len(models)}], got {scores.shape}")
+    centroids = spherical_kmeans(emb, n_clusters, seed=seed)
+    names = np.asarray(domain_names)[np.argmax(centroids @ normalize(domain_vectors).T, axis=1)]
+    # Clusters that land on the same domain name get a numeric suffix so report labels stay unique.
+    seen: dict[str, int] = {}
+    cluster_names = []
+    for n in map(str, names):
+        seen[n] = seen.get(n, 0) + 1
+        cluster_names.append(n if seen[n] == 1 else f"{n} ({seen[n]})")
+    cap_vectors = normalize(capability_vectors)
+    value = scores if costs is None else scores - beta * np.asarray(costs, dtype=np.float32)
+    # A model not evaluated on a query contributes the model's mean there, not zero.
+    col_mean = np.nanmean(value, axis=0)
+    value = np.where(np.isnan(value), col_mean[None, :], value).astype(np.float32)
+    profiles = Profiles(
+        models=tuple(models),
+        centroids=centroids,
+        domain_names=tuple(cluster_names),
+        capability_vectors=cap_vectors,
+        capability_names=tuple(capability_names),
+        know=np.zeros((n_clusters, len(models)), np.float32),
+        cap=np.zeros((len(cap_vectors), len(models)), np.float32),
+        output_tokens=np.full((n_clusters, len(models)), np.nan, np.float32),
+        alpha=alpha,
+        beta=beta,
+        r_know=r_know,
+        r_cap=r_cap,
+        encoder=encoder,
+        meta=dict(meta or {}),
+    )
+    ann = profiles.annotate(emb)
+    know = _element_means(ann.domains, n_clusters, rank_weights(ann.domains.shape[1], alpha), value)
+    cap = _element_means(ann.capabilities, len(cap_vectors), rank_weights(ann.capabilities.shape[1], alpha), value)
+    out = profiles.output_tokens
+    if output_tokens is not None:
+        top = ann.domains[:, 0]
+        ot = np.asarray(output_tokens, dtype=np.float32)
+        sums = np.zeros((n_clusters, len(models)), np.float64)
+        counts = np.zeros((n_clusters, len(models)), np.float64)
+        np.add.at(sums, top, np.nan_to_num(ot))
+        np.add.at(counts, top, ~np.isnan(ot))
+        out = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).astype(np.float32)
+    return replace(profiles, know=know, cap=cap, output_tokens=out)

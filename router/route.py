@@ -1,0 +1,151 @@
+"""The routing stage: embeddings to predicted quality and cost per model, and the final assignment.
+
+`Scorer` runs inside Ray Data on whole Arrow batches (annotate, score, cost: a few matrix products
+per batch); `Assigner` applies the budget plan found on the driver. Neither loops over rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from router import budget as B
+from router import schema as S
+from router.config import JobConfig
+from router.cost import cost_matrix, estimate_input_tokens
+from router.encode import embeddings_from_arrow
+from router.profiles import Profiles, load_profiles
+
+
+@dataclass(frozen=True)
+class PoolArrays:
+    """The pool's per-model numbers as arrays in the profile's column order."""
+
+    models: tuple[str, ...]
+    input_price: np.ndarray  # USD per 1M tokens
+    output_price: np.ndarray
+    max_context: np.ndarray
+    max_tokens: np.ndarray
+    expected_output: np.ndarray  # planning answer length when the profile has none
+    mode: str
+
+    @classmethod
+    def from_config(cls, cfg: JobConfig) -> "PoolArrays":
+        ms = cfg.models
+        return cls(
+            models=cfg.model_names,
+            input_price=np.array([m.input_price for m in ms], np.float64),
+            output_price=np.array([m.output_price for m in ms], np.float64),
+            max_context=np.array([m.max_context for m in ms], np.int64),
+            max_tokens=np.array([m.max_tokens for m in ms], np.int64),
+            expected_output=np.array(
+                [min(m.expected_output_tokens or cfg.budget.default_output_tokens, m.max_tokens) for m in ms],
+                np.float64,
+            ),
+            mode=cfg.budget.mode,
+        )
+
+
+def _names_column(names: tuple[str, ...], idx: np.ndarray) -> pa.ListArray:
+    """list<string> column: row i holds names[idx[i, :]] (vectorised, no Python per row)."""
+    n, r = idx.shape
+    values = pa.array(names).take(pa.array(idx.ravel()))
+    return pa.ListArray.from_arrays(pa.array(np.arange(0, n * r + 1, r, dtype=np.int32)), values)
+
+
+def _matrix_column(x: np.ndarray) -> pa.FixedSizeListArray:
+    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(x, np.float32).ravel()), x.shape[1])
+
+
+def matrix_from_column(column) -> np.ndarray:
+    return embeddings_from_arrow(column)
+
+
+class Scorer:
+    """Ray Data stage: predicted quality [M] and cost [M] per row, plus the row's top capabilities
+    and domains. Sets `too_long` on rows no model's context can hold. Drops the embedding."""
+
+    def __init__(self, profiles: str, pool: PoolArrays):
+        self.profiles: Profiles = load_profiles(profiles).select(pool.models)
+        self.pool = pool
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        p, pool = self.profiles, self.pool
+        emb = embeddings_from_arrow(batch[S.EMBEDDING])
+        ann = p.annotate(emb)
+        quality = p.score_annotated(ann)
+        nbytes = pc.fill_null(pc.binary_length(batch[S.PROMPT]), 0).to_numpy()
+        in_tokens = estimate_input_tokens(nbytes, pool.mode)
+        if pool.mode == "hard":
+            out_tokens = np.broadcast_to(pool.max_tokens.astype(np.float64), quality.shape)
+        else:
+            predicted = p.expected_output_tokens(ann).astype(np.float64)
+            out_tokens = np.minimum(np.where(np.isnan(predicted), pool.expected_output, predicted), pool.max_tokens)
+        cost = cost_matrix(in_tokens, out_tokens, pool.input_price, pool.output_price, pool.max_context)
+        status = batch[S.STATUS]
+        ok = pc.equal(status, S.OK).to_numpy(zero_copy_only=False)
+        no_fit = ok & np.isnan(cost).all(axis=1)
+        if no_fit.any():
+            status = pc.if_else(pa.array(no_fit), S.TOO_LONG, status)
+            msg = f"prompt longer than every model's context (largest {int(pool.max_context.max())} tokens)"
+            error = pc.if_else(pa.array(no_fit), msg, batch[S.ERROR])
+            batch = batch.set_column(batch.schema.get_field_index(S.ERROR), S.ERROR, error)
+        # Rows that are not routable get no model at all: NaN everywhere keeps them out of the budget.
+        cost[~(ok & ~no_fit)] = np.nan
+        out = batch.drop_columns([S.EMBEDDING, S.STATUS])
+        return (
+            out.append_column(S.STATUS, status)
+            .append_column(S.EST_INPUT_TOKENS, pa.array(in_tokens))
+            .append_column(S.QUALITY, _matrix_column(quality))
+            .append_column(S.COST, _matrix_column(cost.astype(np.float32)))
+            .append_column(S.CAPABILITIES, _names_column(p.capability_names, ann.capabilities))
+            .append_column(S.DOMAINS, _names_column(p.domain_names, ann.domains))
+        )
+
+
+def keys_of(batch: pa.Table) -> np.ndarray:
+    return batch[S.ID].to_numpy(zero_copy_only=False).astype(str)
+
+
+def summarize_batch(batch: pa.Table, allow_skip: bool) -> B.BudgetSummary:
+    return B.summarize(matrix_from_column(batch[S.QUALITY]), _cost64(batch), allow_skip=allow_skip)
+
+
+def _cost64(batch: pa.Table) -> np.ndarray:
+    return matrix_from_column(batch[S.COST]).astype(np.float64)
+
+
+class Assigner:
+    """Ray Data stage: each row's model under the budget plan, with predicted quality and cost."""
+
+    def __init__(self, models: tuple[str, ...], plan: B.BudgetPlan, allow_skip: bool):
+        self.models = models
+        self.plan = plan
+        self.allow_skip = allow_skip
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        quality = matrix_from_column(batch[S.QUALITY])
+        cost = _cost64(batch)
+        choice = B.assign(quality, cost, self.plan, keys_of(batch), allow_skip=self.allow_skip)
+        chosen = choice >= 0
+        rows = np.arange(len(choice))
+        safe = np.where(chosen, choice, 0)
+        q = np.where(chosen, quality[rows, safe], np.nan)
+        c = np.where(chosen, cost[rows, safe], np.nan)
+        status = batch[S.STATUS]
+        skipped = pc.and_(pc.equal(status, S.OK), pa.array(~chosen))
+        status = pc.if_else(skipped, S.OVER_BUDGET, status)
+        error = pc.if_else(skipped, "the budget cannot pay for this row", batch[S.ERROR])
+        model = pa.array(list(self.models), pa.string()).take(pa.array(safe))
+        model = pc.if_else(pa.array(chosen), model, pa.scalar(None, pa.string()))
+        out = batch.drop_columns([S.QUALITY, S.COST, S.STATUS, S.ERROR])
+        return (
+            out.append_column(S.MODEL, model)
+            .append_column(S.STATUS, status)
+            .append_column(S.ERROR, error)
+            .append_column(S.PREDICTED_QUALITY, pa.array(q, pa.float64(), mask=~chosen))
+            .append_column(S.PREDICTED_COST, pa.array(c, pa.float64(), mask=~chosen))
+        )
