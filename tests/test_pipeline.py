@@ -1,0 +1,110 @@
+"""End to end on a local Ray instance: the example pool, real MiniLM, real vLLM stand-ins.
+
+One job run per module (one engine start): the checks a user cares about are on its output.
+"""
+
+import json
+import math
+
+import pyarrow.dataset as pads
+import pytest
+
+from router import schema as S
+from router.config import load_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+CONFIG = "jobs/configs/local.yaml"
+MODELS = [m.name for m in load_config(CONFIG, ["input=x", "output=y"]).models]
+SHORT_CONTEXT = [f"models.{m}.max_context=1024" for m in MODELS]
+PROMPTS = [
+    "What is 12 times 7?",
+    "Write a Python function that reverses a list.",
+    "Who wrote Hamlet?",
+    "Translate 'good morning' into German.",
+    "Explain why ice floats on water.",
+    "List three primary colours.",
+    "What is the capital of Japan?",
+    "Solve 2x + 3 = 11.",
+    "Summarise the plot of Cinderella in one sentence.",
+    "What does DNA stand for?",
+] * 3
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    d = tmp_path_factory.mktemp("job")
+    rows = [{"id": f"r{i}", "prompt": p, "source": "t"} for i, p in enumerate(PROMPTS)]
+    rows += [
+        {"id": "empty", "prompt": "", "source": "t"},
+        {"id": "null", "prompt": None, "source": "t"},
+        {"id": "number", "prompt": 7, "source": "t"},
+        {"id": "huge", "prompt": "tell me a story " * 200, "source": "t"},  # 3200 bytes > 1024 tokens bound
+        {"id": "long-ok", "prompt": "please answer briefly. " * 20, "source": "t"},
+    ]
+    inp = d / "in.jsonl"
+    inp.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    import ray
+
+    from router.pipeline import run_job
+
+    cfg = load_config(CONFIG, [f"input={inp}", f"output={d / 'out'}", "budget.total=0.0006", *SHORT_CONTEXT])
+    result = run_job(cfg)
+    out = pads.dataset(str(d / "out"), format="parquet").to_table().to_pylist()
+    yield cfg, rows, result, {r[S.ID]: r for r in out}, out, d
+    ray.shutdown()
+
+
+def test_every_input_row_appears_exactly_once(job):
+    cfg, rows, result, by_id, out, _ = job
+    assert len(out) == len(rows) == result.n_rows
+    assert sorted(by_id) == sorted(r["id"] for r in rows)
+    assert all(r["source"] == "t" for r in out)  # pass-through column kept
+
+
+def test_bad_rows_get_a_status_and_no_generation(job):
+    _, _, _, by_id, _, _ = job
+    for rid in ("empty", "null", "number"):
+        assert by_id[rid][S.STATUS] == S.INVALID_INPUT and by_id[rid][S.RESPONSE] is None
+    assert by_id["huge"][S.STATUS] == S.TOO_LONG and by_id["huge"][S.MODEL] is None
+    assert by_id["long-ok"][S.STATUS] == S.OK
+
+
+def test_answered_rows_have_tokens_and_the_cost_of_their_model(job):
+    cfg, _, _, _, out, _ = job
+    prices = {m.name: m for m in cfg.models}
+    answered = [r for r in out if r[S.STATUS] == S.OK]
+    assert len(answered) == len(PROMPTS) + 1
+    for r in answered:
+        m = prices[r[S.MODEL]]
+        assert r[S.RESPONSE] is not None and r[S.FINISH_REASON] in ("stop", "length")
+        assert r[S.INPUT_TOKENS] > 0 and 1 <= r[S.OUTPUT_TOKENS] <= m.max_tokens
+        expect = (r[S.INPUT_TOKENS] * m.input_price + r[S.OUTPUT_TOKENS] * m.output_price) / 1e6
+        assert math.isclose(r[S.ACTUAL_COST], expect, rel_tol=1e-9)
+        assert r[S.CAPABILITIES] and r[S.DOMAINS]
+
+
+def test_spend_stays_under_the_budget(job):
+    cfg, _, result, _, out, d = job
+    predicted = sum(r[S.PREDICTED_COST] or 0 for r in out)
+    actual = sum(r[S.ACTUAL_COST] or 0 for r in out)
+    assert predicted <= cfg.budget.total
+    assert actual <= predicted  # hard mode plans with upper bounds on every token count
+    # The budget binds: the plan is not simply every row's best model.
+    assert result.plan.lam > 0 and len({r[S.MODEL] for r in out if r[S.MODEL]}) > 1
+    report = json.loads((d / "out" / "_report.json").read_text())
+    assert report["rows"] == len(out) and report["predicted_spend_usd"] <= cfg.budget.total
+
+
+def test_a_budget_below_the_cheapest_assignment_leaves_rows_over_budget(job):
+    cfg, rows, _, _, _, _ = job
+    from router.pipeline import plan_job
+
+    small = load_config(CONFIG, [f"input={cfg.input}", "output=unused", "budget.total=0.00005", *SHORT_CONTEXT])
+    result, assigned = plan_job(small)
+    planned = assigned.take_all()
+    assert sorted(r[S.ID] for r in planned) == sorted(r["id"] for r in rows)
+    statuses = [r[S.STATUS] for r in planned]
+    assert 0 < statuses.count(S.OVER_BUDGET) < len(PROMPTS) + 1
+    assert sum(r[S.PREDICTED_COST] or 0 for r in planned) <= 0.00005
+    assert all(r[S.MODEL] is None for r in planned if r[S.STATUS] == S.OVER_BUDGET)

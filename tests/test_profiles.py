@@ -1,0 +1,96 @@
+"""The InferenceDynamics maths against the paper's formulas written out with explicit loops."""
+
+import numpy as np
+import pytest
+
+from router.profiles import build_profiles, load_profiles, rank_weights, spherical_kmeans, top_r
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_rank_weights_follow_the_paper():
+    w = rank_weights(3, 0.5)
+    assert np.allclose(w, np.array([1, 0.5, 0.25]) / 1.75)
+    assert np.allclose(rank_weights(1, 0.5), [1.0])
+
+
+def test_top_r_is_sorted_and_breaks_ties_by_index():
+    s = np.array([[0.1, 0.9, 0.5, 0.9], [3, 2, 1, 0]], np.float32)
+    assert top_r(s, 3).tolist() == [[1, 3, 2], [0, 1, 2]]
+
+
+def _small_problem(seed=0, n=200, d=16, m=4):
+    rng = np.random.default_rng(seed)
+    emb = unit(rng.normal(size=(n, d)))
+    scores = (rng.random((n, m)) > 0.5).astype(np.float32)
+    costs = rng.random((n, m)).astype(np.float32)
+    caps = unit(rng.normal(size=(5, d)))
+    doms = unit(rng.normal(size=(7, d)))
+    return emb, scores, costs, caps, doms
+
+
+def test_profiles_and_scores_match_the_formulas_written_with_loops():
+    emb, scores, costs, caps, doms = _small_problem()
+    alpha, beta, r = 0.5, 0.3, 3
+    p = build_profiles(emb, scores, ["a", "b", "c", "d"], capability_vectors=caps, capability_names=list("ABCDE"),
+                       domain_vectors=doms, domain_names=list("abcdefg"), costs=costs, n_clusters=6, alpha=alpha,
+                       beta=beta, r_know=r, r_cap=r)  # fmt: skip
+    w = alpha ** np.arange(r) / (alpha ** np.arange(r)).sum()
+    ann = p.annotate(emb)
+    # Know_t(k) = 1/N_k sum_{i: k in K_i} (s_i^t - beta c_i^t) w_{rank of k in K_i}
+    know = np.zeros((6, 4))
+    count = np.zeros(6)
+    for i in range(len(emb)):
+        for j, k in enumerate(ann.domains[i]):
+            know[k] += (scores[i] - beta * costs[i]) * w[j]
+            count[k] += 1
+    for k in range(6):
+        if count[k]:
+            assert np.allclose(p.know[k], know[k] / count[k], atol=1e-5)
+    # Score(t, x) = sum_j w_j Cap_t(c_j) + sum_j w_j Know_t(k_j)
+    q = p.score(emb[:20])
+    for i in range(20):
+        expect = sum(w[j] * p.cap[c] for j, c in enumerate(ann.capabilities[i]))
+        expect = expect + sum(w[j] * p.know[k] for j, k in enumerate(ann.domains[i]))
+        assert np.allclose(q[i], expect, atol=1e-5)
+
+
+def test_a_model_that_is_always_right_scores_highest():
+    emb, scores, costs, caps, doms = _small_problem(seed=1)
+    scores[:, 2] = 1.0
+    p = build_profiles(emb, scores, list("abcd"), capability_vectors=caps, capability_names=list("ABCDE"),
+                       domain_vectors=doms, domain_names=list("abcdefg"), n_clusters=5)  # fmt: skip
+    assert (p.score(emb).argmax(axis=1) == 2).all()
+
+
+def test_spherical_kmeans_finds_separated_clusters():
+    rng = np.random.default_rng(0)
+    centers = unit(rng.normal(size=(3, 8)))
+    x = unit(np.repeat(centers, 50, axis=0) + 0.05 * rng.normal(size=(150, 8)))
+    c = spherical_kmeans(x, 3, seed=0)
+    assert np.sort((c @ centers.T).max(axis=0)).min() > 0.95
+
+
+def test_save_load_round_trip_and_select(tmp_path):
+    emb, scores, costs, caps, doms = _small_problem()
+    p = build_profiles(emb, scores, list("abcd"), capability_vectors=caps, capability_names=list("ABCDE"),
+                       domain_vectors=doms, domain_names=list("abcdefg"), n_clusters=4)  # fmt: skip
+    p.save(tmp_path / "p.npz")
+    q = load_profiles(tmp_path / "p.npz")
+    assert q.models == p.models and np.allclose(q.score(emb), p.score(emb))
+    sub = q.select(["d", "b"])
+    assert np.allclose(sub.score(emb), p.score(emb)[:, [3, 1]])
+    with pytest.raises(KeyError, match="no profile"):
+        q.select(["zzz"])
+
+
+def test_packaged_open9_profiles():
+    p = load_profiles("open9")
+    assert len(p.models) == 9 and p.dim == 384
+    assert p.encoder == "sentence-transformers/all-MiniLM-L6-v2"
+    assert p.meta["built_from"][0]["file"] == "scores_train.json"
+    assert len(set(p.domain_names)) == len(p.domain_names)
