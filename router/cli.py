@@ -63,15 +63,55 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--eval-table", nargs="+", required=True, metavar="PATH",
                       help="evaluation tables: long-format parquet or {question, scores} JSON")  # fmt: skip
     prof.add_argument("--out", required=True, help="profile file to write (.npz)")
-    prof.add_argument("--format", choices=["long", "scores-json"], help="table format (default: from the suffix)")
-    prof.add_argument("--encoder", default="minilm", help="encoder: minilm (packaged) or a local folder")
-    prof.add_argument("--clusters", type=int, default=32, help="number of knowledge clusters (default 32)")
-    prof.add_argument("--alpha", type=float, default=0.5, help="rank-weight decay alpha (paper default 0.5)")
-    prof.add_argument("--beta", type=float, default=0.0, help="cost penalty beta in the profile scores (default 0)")
-    prof.add_argument("--top", type=int, default=3, help="list length r for capabilities and domains (default 3)")
+    _add_fit_args(prof)
     prof.add_argument("--models", nargs="+", help="profile only these models (default: all in the tables)")
-    prof.add_argument("--seed", type=int, default=0, help="clustering seed (default 0)")
+
+    ev = sub.add_parser(
+        "eval",
+        help="held-out routing quality: fit on train tables, route test tables, compare with baselines",
+        description="Fit profiles on the training tables only, route the test tables, and report "
+        "accuracy and cost of the router against the best single model (highest mean score on "
+        "train), the per-query oracle, the cheapest model, random choice at equal cost and a "
+        "k-nearest-neighbour router on the same embeddings, plus the accuracy-cost frontier. "
+        "Budgets and lambda are chosen from predicted costs only.",
+    )
+    ev.add_argument("--train", nargs="+", required=True, metavar="PATH", help="training evaluation tables")
+    ev.add_argument("--test", nargs="+", required=True, metavar="PATH", help="test evaluation tables")
+    _add_fit_args(ev)
+    ev.add_argument("--prices", help="JSON or YAML: model -> {input_price, output_price} per 1M tokens "
+                    "(used when the tables have no cost; without both, costs are equal)")  # fmt: skip
+    ev.add_argument("--output-tokens", type=float, default=256, help="answer length assumed with --prices (256)")
+    ev.add_argument("--budget-fraction", type=float, help="also route at F x the best single model's test cost")
+    ev.add_argument("--binarize", action="store_true", help="count any score > 0 as correct (1)")
+    ev.add_argument("--json", help="write the full result as JSON here")
+    ev.add_argument("--plot", help="write the accuracy-cost picture here (PNG)")
     return parser
+
+
+def _add_fit_args(p: argparse.ArgumentParser) -> None:
+    from router.profiling import ProfileSettings
+
+    d = ProfileSettings()
+    p.add_argument("--format", choices=["long", "scores-json", "routerbench"],
+                   help="table format (default: detected from the file)")  # fmt: skip
+    p.add_argument("--tasks-from-files", action="store_true",
+                   help="each file holds one task named by the file (mmlu_train.json -> mmlu)")  # fmt: skip
+    p.add_argument("--no-tasks", action="store_true", help="ignore the tables' task column")
+    p.add_argument("--encoder", default="minilm", help="encoder: minilm (packaged) or a local folder")
+    p.add_argument("--window", choices=["head", "tail"], default=d.window,
+                   help=f"what of a long prompt is embedded (default {d.window})")  # fmt: skip
+    p.add_argument("--clusters", type=int, default=d.n_clusters, help=f"knowledge clusters (default {d.n_clusters})")
+    p.add_argument("--alpha", type=float, default=d.alpha, help=f"rank-weight decay (paper default {d.alpha})")
+    p.add_argument("--beta", type=float, default=d.beta, help=f"cost penalty in the profile scores (default {d.beta})")
+    p.add_argument("--top", type=int, default=d.r_know, help=f"list length r (default {d.r_know})")
+    p.add_argument("--seed", type=int, default=d.seed, help="clustering seed")
+
+
+def _settings(args):
+    from router.profiling import ProfileSettings
+
+    return ProfileSettings(n_clusters=args.clusters, alpha=args.alpha, beta=args.beta, r_know=args.top,
+                           r_cap=args.top, window=args.window, use_tasks=not args.no_tasks, seed=args.seed)
 
 
 def _fail(msg: str) -> int:
@@ -121,12 +161,34 @@ def _profile(args) -> int:
         if not os.path.isfile(p):
             return _fail(f"evaluation table {p!r} not found")
     profiles = profile_from_tables(
-        args.eval_table, fmt=args.format, encoder=args.encoder, n_clusters=args.clusters, alpha=args.alpha,
-        beta=args.beta, r_know=args.top, r_cap=args.top, seed=args.seed, models=args.models,
+        args.eval_table, fmt=args.format, encoder=args.encoder, settings=_settings(args), models=args.models,
+        tasks_from_files=args.tasks_from_files,
     )  # fmt: skip
     profiles.save(args.out)
     print(f"profiles of {len(profiles.models)} models over {len(profiles.domain_names)} knowledge clusters "
           f"written to {args.out}")  # fmt: skip
+    return 0
+
+
+def _eval(args) -> int:
+    from router.evaluate import evaluate, format_eval, plot_eval
+
+    for p in [*args.train, *args.test, *([args.prices] if args.prices else [])]:
+        import os
+
+        if not os.path.isfile(p):
+            return _fail(f"file {p!r} not found")
+    r = evaluate(
+        args.train, args.test, fmt=args.format, prices_path=args.prices, budget_fraction=args.budget_fraction,
+        output_tokens=args.output_tokens, binarize=args.binarize, tasks_from_files=args.tasks_from_files,
+        encoder=args.encoder, settings=_settings(args),
+    )  # fmt: skip
+    print(format_eval(r))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(r, f, indent=1)
+    if args.plot:
+        plot_eval(r, args.plot)
     return 0
 
 
@@ -136,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from router.config import ConfigError
 
     try:
-        return {"plan": _plan, "run": _run, "profile": _profile}[args.command](args)
+        return {"plan": _plan, "run": _run, "profile": _profile, "eval": _eval}[args.command](args)
     except (ConfigError, InfeasibleBudget, FileNotFoundError) as e:
         return _fail(str(e))
     except ImportError as e:

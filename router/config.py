@@ -135,8 +135,13 @@ class GenerationSpec:
     """Rows handed to an engine per call: vLLM batches them internally."""
     dtype: str = "auto"
     """vLLM dtype. The CPU build needs float32 for the stand-ins."""
+    device: str = "auto"
+    """`cuda`: engines ask Ray for GPUs (tensor_parallel each), which lets an autoscaling cluster
+    start GPU nodes; `cpu`: vLLM's CPU build; `auto`: cuda if the cluster has GPUs right now."""
 
     def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"generation.device must be auto, cpu or cuda, got {self.device!r}")
         if self.backend != "vllm":
             raise ConfigError(f"generation.backend must be vllm, got {self.backend!r}")
         if not isinstance(self.standin, bool):
@@ -156,6 +161,9 @@ class JobConfig:
     text_column: str = "prompt"
     id_column: str = "id"
     """Used when the input has it; otherwise ids are made from the file name and row number."""
+    task_column: str = "task"
+    """Used when the input has it: a row's task (as named in the profiles' evaluation data) is a
+    knowledge element of its own, ranked first."""
     encoder: EncoderSpec = field(default_factory=EncoderSpec)
     budget: BudgetSpec = field(default_factory=BudgetSpec)
     generation: GenerationSpec = field(default_factory=GenerationSpec)

@@ -7,13 +7,13 @@ or from the `[{"question", "scores": {model: score}}]` JSON that public routing 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-FORMATS = ("long", "scores-json")
+FORMATS = ("long", "scores-json", "routerbench")
 
 
 @dataclass(frozen=True)
@@ -27,22 +27,112 @@ class EvalTable:
     sources: tuple[str, ...] = ()
 
 
-def detect_format(path: Path) -> str:
+def _columns(path: Path) -> list[str]:
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        return "long"
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).schema_arrow.names
+    if suffix == ".csv":
+        import csv
+
+        with open(path, newline="") as f:
+            return next(csv.reader(f), [])
+    return []
+
+
+def detect_format(path: Path) -> str:
+    """From the file itself: RouterBench's wide table has `<model>|total_cost` columns."""
+    suffix = path.suffix.lower()
+    if suffix in (".pkl", ".pickle"):
+        return "routerbench"
+    if suffix in (".parquet", ".csv"):
+        cols = _columns(path)
+        if any(c.endswith("|total_cost") for c in cols):
+            return "routerbench"
+        if {"query_id", "query", "model", "score"} <= set(cols):
+            return "long"
     if suffix == ".json":
         return "scores-json"
     raise ValueError(f"cannot tell the format of {str(path)!r}; pass --format ({', '.join(FORMATS)})")
+
+
+def _as_mapping(value) -> dict:
+    """A scores record: a dict, or its Python or JSON text form."""
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, str):
+        import ast
+
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = ast.literal_eval(value)
+        if isinstance(parsed, dict):
+            return parsed
+    raise ValueError(f"scores must be a mapping of model to score, got {str(value)[:60]!r}")
+
+
+def prompt_text(value) -> str:
+    """A prompt that may be a list of turns, or that list's Python or JSON text form: the turns
+    joined by blank lines, so the question (the last turn) ends the text."""
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            import ast
+
+            try:
+                value = json.loads(stripped)
+            except json.JSONDecodeError:
+                try:
+                    value = ast.literal_eval(stripped)
+                except (ValueError, SyntaxError):
+                    return value
+        else:
+            return value
+    if isinstance(value, (list, tuple)):
+        turns = [t.get("content", "") if isinstance(t, dict) else str(t) for t in value]
+        return "\n\n".join(turns)
+    return "" if value is None else str(value)
+
+
+def _read_routerbench(path: Path) -> EvalTable:
+    import pandas as pd
+
+    suffix = path.suffix.lower()
+    if suffix in (".pkl", ".pickle"):
+        df = pd.read_pickle(path)
+    elif suffix == ".parquet":
+        df = pd.read_parquet(path)
+    else:
+        df = pd.read_csv(path)
+    models = tuple(sorted(c[: -len("|total_cost")] for c in df.columns if c.endswith("|total_cost")))
+    missing = [m for m in models if m not in df.columns]
+    if "prompt" not in df.columns or missing or not models:
+        raise ValueError(f"{str(path)!r} is not a RouterBench table (needs prompt, <model>, <model>|total_cost)")
+    scores = df[list(models)].to_numpy(dtype=np.float32)
+    costs = df[[f"{m}|total_cost" for m in models]].to_numpy(dtype=np.float32)
+    queries = [prompt_text(v) for v in df["prompt"].tolist()]
+    task = df["eval_name"].astype(str).tolist() if "eval_name" in df.columns else None
+    return EvalTable(queries, models, scores, costs, None, task, (str(path),))
+
+
+def task_from_file(path: Path) -> str:
+    """`mmlu_train.json` -> `mmlu`: the task a file of one task holds, shared by its train and test."""
+    stem = path.stem
+    for suffix in ("_train", "_test", "-train", "-test"):
+        if stem.endswith(suffix):
+            return stem[: -len(suffix)]
+    return stem
 
 
 def _read_scores_json(path: Path) -> tuple[list[str], list[dict], list[str] | None]:
     rows = json.loads(path.read_text())
     if not isinstance(rows, list) or not rows or not isinstance(rows[0], dict) or "scores" not in rows[0]:
         raise ValueError(f"{str(path)!r} is not a list of {{'question', 'scores'}} records")
-    queries = [str(r.get("question", r.get("query", ""))) for r in rows]
+    queries = [prompt_text(r.get("question", r.get("query", ""))) for r in rows]
     task = [str(r["task"]) for r in rows] if all("task" in r for r in rows) else None
-    return queries, [r["scores"] for r in rows], task
+    return queries, [_as_mapping(r["scores"]) for r in rows], task
 
 
 def _read_long(path: Path) -> EvalTable:
@@ -70,14 +160,20 @@ def _read_long(path: Path) -> EvalTable:
     return EvalTable(queries, tuple(models.tolist()), grid("score"), grid("cost"), out, task, (str(path),))
 
 
-def read_eval_table(paths: Sequence[str | Path], fmt: str | None = None) -> EvalTable:
-    """Read and concatenate evaluation tables; models are the union, NaN where not evaluated."""
+def read_eval_table(
+    paths: Sequence[str | Path], fmt: str | None = None, *, tasks_from_files: bool = False
+) -> EvalTable:
+    """Read and concatenate evaluation tables; models are the union, NaN where not evaluated.
+
+    `tasks_from_files`: each file holds one task, named by the file (see `task_from_file`)."""
     parts: list[EvalTable] = []
     for p in map(Path, paths):
         if not p.is_file():
             raise FileNotFoundError(f"evaluation table {str(p)!r} not found")
         f = fmt or detect_format(p)
-        if f == "long":
+        if f == "routerbench":
+            parts.append(_read_routerbench(p))
+        elif f == "long":
             parts.append(_read_long(p))
         elif f == "scores-json":
             queries, score_dicts, task = _read_scores_json(p)
@@ -90,6 +186,8 @@ def read_eval_table(paths: Sequence[str | Path], fmt: str | None = None) -> Eval
             parts.append(EvalTable(queries, models, scores, task=task, sources=(str(p),)))
         else:
             raise ValueError(f"unknown evaluation table format {f!r}; known: {', '.join(FORMATS)}")
+    if tasks_from_files:
+        parts = [replace(t, task=[task_from_file(Path(t.sources[0]))] * len(t.queries)) for t in parts]
     models = tuple(sorted({m for t in parts for m in t.models}))
 
     def stack(attr: str) -> np.ndarray | None:

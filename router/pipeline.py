@@ -111,6 +111,8 @@ def scored_dataset(cfg: JobConfig):
     from router.encode import Encoder
 
     units, _ = plan_read(cfg.input, cfg.text_column, cfg.id_column)
+    # Embed what the profiles were built from: the same part of a long prompt.
+    window = load_profiles(cfg.profiles).meta.get("window", "head")
     on_gpu = cfg.encoder.device == "cuda" or (cfg.encoder.device == "auto" and _gpus_available() > 0)
     ds = ray.data.from_items(units_as_items(units), override_num_blocks=len(units))
     ds = ds.map_batches(
@@ -119,12 +121,13 @@ def scored_dataset(cfg: JobConfig):
     )  # fmt: skip
     ds = ds.map_batches(
         Encoder, fn_constructor_kwargs=dict(model=cfg.encoder.model, device="cuda" if on_gpu else "cpu",
-                                            batch_size=cfg.encoder.batch_size),
+                                            batch_size=cfg.encoder.batch_size, window=window),
         compute=ray.data.ActorPoolStrategy(size=cfg.encoder.replicas), batch_size=cfg.encoder.batch_size,
         batch_format="pyarrow", num_gpus=1 if on_gpu else 0, num_cpus=1,
     )  # fmt: skip
     ds = ds.map_batches(
-        Scorer, fn_constructor_kwargs=dict(profiles=cfg.profiles, pool=PoolArrays.from_config(cfg)),
+        Scorer, fn_constructor_kwargs=dict(profiles=cfg.profiles, pool=PoolArrays.from_config(cfg),
+                                           task_column=cfg.task_column),
         compute=ray.data.ActorPoolStrategy(size=1), batch_size=ROUTE_BATCH, batch_format="pyarrow", num_cpus=0.25,
     )  # fmt: skip
     return ds.materialize()
@@ -298,7 +301,7 @@ def generate_and_write(cfg: JobConfig, assigned, result: RunResult) -> None:
     from router.generate import VLLMGenerator
 
     weights_of, context_limit = standin_weights(cfg)
-    on_gpu = _gpus_available() > 0
+    on_gpu = cfg.generation.device == "cuda" or (cfg.generation.device == "auto" and _gpus_available() > 0)
     for (weights, tp), members in engine_groups(cfg, weights_of).items():
         names = [m.name for m in members]
         rows = assigned.map_batches(_select, fn_kwargs=dict(models=names), batch_format="pyarrow", num_cpus=0.25)

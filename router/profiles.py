@@ -79,10 +79,27 @@ def spherical_kmeans(x: np.ndarray, k: int, *, seed: int = 0, iterations: int = 
 
 @dataclass(frozen=True)
 class Annotation:
-    """A batch's ranked capability and knowledge lists, as indices into the profile's taxonomy."""
+    """A batch's ranked capability and knowledge lists, as indices into the profile's taxonomy.
+
+    A row with a known task has that task as the first element of its knowledge list, ahead of
+    its clusters: a task label is a stronger signal than any cluster of the text."""
 
     capabilities: np.ndarray  # int64 [N, r_cap]
     domains: np.ndarray  # int64 [N, r_know]
+    tasks: np.ndarray | None = None  # int64 [N], index into Profiles.tasks; -1: no known task
+
+
+def knowledge_weights(ann: Annotation, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rank weights of each row's task [N] (0 without one) and of its clusters [N, r]."""
+    r = ann.domains.shape[1]
+    n = ann.domains.shape[0]
+    if ann.tasks is None:
+        return np.zeros(n, np.float32), np.broadcast_to(rank_weights(r, alpha), (n, r))
+    known = ann.tasks >= 0
+    with_task = rank_weights(r + 1, alpha)
+    w_task = np.where(known, with_task[0], 0).astype(np.float32)
+    w_clusters = np.where(known[:, None], with_task[1:], rank_weights(r, alpha)).astype(np.float32)
+    return w_task, w_clusters
 
 
 @dataclass(frozen=True)
@@ -103,32 +120,46 @@ class Profiles:
     r_cap: int = 3
     encoder: str = "sentence-transformers/all-MiniLM-L6-v2"
     meta: dict[str, Any] = field(default_factory=dict)
+    tasks: tuple[str, ...] = ()  # task labels seen in the index set (a knowledge element each)
+    task_profile: np.ndarray | None = None  # float32 [T, M]
 
     @property
     def dim(self) -> int:
         return int(self.centroids.shape[1])
 
-    def annotate(self, embeddings: np.ndarray) -> Annotation:
+    def task_index(self, tasks: Sequence[str | None] | np.ndarray | None) -> np.ndarray | None:
+        """Indices into `self.tasks` (-1 for a task the profiles never saw), or None."""
+        if tasks is None or not self.tasks:
+            return None
+        names, inverse = np.unique(np.asarray(tasks, dtype=object).astype(str), return_inverse=True)
+        lookup = {t: i for i, t in enumerate(self.tasks)}
+        return np.array([lookup.get(t, -1) for t in names], np.int64)[inverse]
+
+    def annotate(self, embeddings: np.ndarray, tasks=None) -> Annotation:
         emb = np.asarray(embeddings, dtype=np.float32)
         if emb.ndim != 2 or emb.shape[1] != self.dim:
             raise ValueError(f"embeddings must be [N, {self.dim}] for these profiles, got {emb.shape}")
         return Annotation(
             capabilities=top_r(emb @ self.capability_vectors.T, self.r_cap),
             domains=top_r(emb @ self.centroids.T, self.r_know),
+            tasks=self.task_index(tasks),
         )
 
     def score_annotated(self, ann: Annotation) -> np.ndarray:
         wc = rank_weights(ann.capabilities.shape[1], self.alpha)
-        wk = rank_weights(ann.domains.shape[1], self.alpha)
+        w_task, wk = knowledge_weights(ann, self.alpha)
         # Gather [N, r, M] and contract with the rank weights: the same as A_cap @ Cap + A_know @ Know
         # with one-hot weight matrices, without building them.
         q = np.einsum("j,njm->nm", wc, self.cap[ann.capabilities])
-        q += np.einsum("j,njm->nm", wk, self.know[ann.domains])
+        q += np.einsum("nj,njm->nm", wk, self.know[ann.domains])
+        if ann.tasks is not None and self.task_profile is not None:
+            q += w_task[:, None] * self.task_profile[np.maximum(ann.tasks, 0)]
         return q.astype(np.float32, copy=False)
 
-    def score(self, embeddings: np.ndarray) -> np.ndarray:
-        """Predicted quality [N, M] (float32) for L2-normalised embeddings [N, D]."""
-        return self.score_annotated(self.annotate(embeddings))
+    def score(self, embeddings: np.ndarray, tasks=None) -> np.ndarray:
+        """Predicted quality [N, M] (float32) for L2-normalised embeddings [N, D]; `tasks` (one
+        label per row, optional) adds each row's task as its first knowledge element."""
+        return self.score_annotated(self.annotate(embeddings, tasks))
 
     def expected_output_tokens(self, ann: Annotation) -> np.ndarray:
         """Predicted answer length [N, M] from the top domain's statistics (NaN where unknown)."""
@@ -149,6 +180,7 @@ class Profiles:
             know=self.know[:, cols],
             cap=self.cap[:, cols],
             output_tokens=self.output_tokens[:, cols],
+            task_profile=None if self.task_profile is None else self.task_profile[:, cols],
         )
 
     def save(self, path: str | Path) -> None:
@@ -163,8 +195,10 @@ class Profiles:
             "r_cap": self.r_cap,
             "encoder": self.encoder,
             "dim": self.dim,
+            "tasks": list(self.tasks),
             "meta": self.meta,
         }
+        extra = {} if self.task_profile is None else {"task_profile": self.task_profile}
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as f:
@@ -176,6 +210,7 @@ class Profiles:
                 know=self.know,
                 cap=self.cap,
                 output_tokens=self.output_tokens,
+                **extra,
             )
 
 
@@ -212,6 +247,8 @@ def load_profiles(path: str | Path) -> Profiles:
             r_cap=int(meta["r_cap"]),
             encoder=meta["encoder"],
             meta=meta.get("meta", {}),
+            tasks=tuple(meta.get("tasks", ())),
+            task_profile=z["task_profile"].astype(np.float32) if "task_profile" in z.files else None,
         )
 
 
@@ -229,7 +266,7 @@ def _element_means(idx: np.ndarray, n_elements: int, weights: np.ndarray, values
     sums = a.T @ values
     # An element no index query was tagged with says nothing about any model: give it the pool's
     # overall mean so it does not favour one model.
-    fallback = values.mean(axis=0, keepdims=True) * float(weights.mean())
+    fallback = values.mean(axis=0, keepdims=True) * float(np.mean(weights))
     return np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], fallback).astype(np.float32)
 
 
@@ -252,6 +289,7 @@ def build_profiles(
     encoder: str = "sentence-transformers/all-MiniLM-L6-v2",
     seed: int = 0,
     meta: dict[str, Any] | None = None,
+    tasks: Sequence[str] | None = None,
 ) -> Profiles:
     """Profiles from an index set: embeddings [N, D], scores [N, M] in [0, 1] (NaN: not evaluated)."""
     emb = normalize(embeddings)
@@ -286,9 +324,14 @@ def build_profiles(
         r_cap=r_cap,
         encoder=encoder,
         meta=dict(meta or {}),
+        tasks=tuple(sorted(set(map(str, tasks)))) if tasks is not None else (),
     )
-    ann = profiles.annotate(emb)
-    know = _element_means(ann.domains, n_clusters, rank_weights(ann.domains.shape[1], alpha), value)
+    ann = profiles.annotate(emb, tasks)
+    w_task, w_clusters = knowledge_weights(ann, alpha)
+    know = _element_means(ann.domains, n_clusters, w_clusters, value)
+    task_profile = None
+    if ann.tasks is not None:
+        task_profile = _element_means(ann.tasks[:, None], len(profiles.tasks), w_task[:, None], value)
     cap = _element_means(ann.capabilities, len(cap_vectors), rank_weights(ann.capabilities.shape[1], alpha), value)
     out = profiles.output_tokens
     if output_tokens is not None:
@@ -299,4 +342,4 @@ def build_profiles(
         np.add.at(sums, top, np.nan_to_num(ot))
         np.add.at(counts, top, ~np.isnan(ot))
         out = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).astype(np.float32)
-    return replace(profiles, know=know, cap=cap, output_tokens=out)
+    return replace(profiles, know=know, cap=cap, output_tokens=out, task_profile=task_profile)

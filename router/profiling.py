@@ -3,15 +3,35 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from router.encode import MINILM, encode_texts, encoder_name, load_encoder
-from router.evaldata import read_eval_table
+from router.encode import MINILM, encode_cached, encoder_name
+from router.evaldata import EvalTable, read_eval_table
 from router.profiles import Profiles, build_profiles
 from router.taxonomy import CAPABILITIES, DOMAINS
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """How profiles are fitted. Where the paper has a default it is used; the rest were chosen
+    by cross-validation on the llmrouter-9models and routerdc-7models training tables."""
+
+    n_clusters: int = 32
+    alpha: float = 0.5
+    """Rank-weight decay, the paper's default."""
+    beta: float = 0.0
+    """Cost penalty inside the profile scores: 0, since the budget solver prices cost itself."""
+    r_know: int = 3
+    r_cap: int = 3
+    window: str = "tail"
+    """What of a long prompt is embedded (see router.encode.window_texts)."""
+    use_tasks: bool = True
+    """Use the table's task column, when it has one, as a knowledge element of its own."""
+    seed: int = 0
 
 
 def _sha256(path: str) -> str:
@@ -22,53 +42,52 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def taxonomy_vectors(st) -> tuple[np.ndarray, np.ndarray]:
+def taxonomy_vectors(encoder: str) -> tuple[np.ndarray, np.ndarray]:
     """Capability prototypes (mean embedding of each capability's examples) and domain-name vectors."""
     names = list(CAPABILITIES)
     examples = [e for n in names for e in CAPABILITIES[n]]
-    emb = encode_texts(st, examples)
+    emb = encode_cached(encoder, examples, window="head")
     sizes = [len(CAPABILITIES[n]) for n in names]
     cap = np.stack([chunk.mean(axis=0) for chunk in np.split(emb, np.cumsum(sizes)[:-1])])
-    return cap, encode_texts(st, list(DOMAINS))
+    return cap, encode_cached(encoder, list(DOMAINS), window="head")
 
 
-def profile_from_tables(
-    paths: Sequence[str],
+def fit_profiles(
+    table: EvalTable,
+    embeddings: np.ndarray,
     *,
-    fmt: str | None = None,
     encoder: str = MINILM,
-    n_clusters: int = 32,
-    alpha: float = 0.5,
-    beta: float = 0.0,
-    r_know: int = 3,
-    r_cap: int = 3,
-    seed: int = 0,
+    settings: ProfileSettings = ProfileSettings(),
     models: Sequence[str] | None = None,
+    scores: np.ndarray | None = None,
 ) -> Profiles:
-    table = read_eval_table(paths, fmt)
-    st = load_encoder(encoder)
-    emb = encode_texts(st, table.queries)
-    cap_vectors, domain_vectors = taxonomy_vectors(st)
+    """Profiles from a table and its queries' embeddings (`scores` overrides the table's)."""
     cols = list(range(len(table.models)))
     if models:
         missing = [m for m in models if m not in table.models]
         if missing:
             raise ValueError(f"model {missing[0]!r} is not in the evaluation tables ({', '.join(table.models)})")
         cols = [table.models.index(m) for m in models]
+    scores = table.scores if scores is None else scores
+    cap_vectors, domain_vectors = taxonomy_vectors(encoder)
+    s = settings
     meta = {
-        "built_from": [{"file": Path(p).name, "sha256": _sha256(p)} for p in table.sources],
+        "built_from": [{"file": Path(p).name, "sha256": _sha256(p)} for p in table.sources if Path(p).is_file()],
         "n_queries": len(table.queries),
+        "window": s.window,
         "choices": {
-            "alpha": "0.5, the paper's default",
-            "beta": "0: cost is priced by the budget solver, not folded into quality",
-            "r_know, r_cap": "3, fixed default",
-            "n_clusters": f"{n_clusters}, fixed default",
+            "alpha": f"{s.alpha}, the paper's default",
+            "beta": f"{s.beta}: cost is priced by the budget solver, not folded into quality",
+            "r_know, r_cap": f"{s.r_know}, {s.r_cap}: chosen by cross-validation on the training tables",
+            "n_clusters": f"{s.n_clusters}: chosen by cross-validation on the training tables",
+            "window": f"{s.window}: measured with `router eval` (long few-shot prompts end with the question)",
             "capabilities": "zero-shot: nearest prototypes of the seven capabilities' example prompts",
+            "tasks": "the table's task column, a knowledge element ranked first" if table.task else "none",
         },
     }
     return build_profiles(
-        emb,
-        table.scores[:, cols],
+        embeddings,
+        scores[:, cols],
         [table.models[c] for c in cols],
         capability_vectors=cap_vectors,
         capability_names=list(CAPABILITIES),
@@ -76,12 +95,27 @@ def profile_from_tables(
         domain_names=list(DOMAINS),
         costs=None if table.costs is None else table.costs[:, cols],
         output_tokens=None if table.output_tokens is None else table.output_tokens[:, cols],
-        n_clusters=n_clusters,
-        alpha=alpha,
-        beta=beta,
-        r_know=r_know,
-        r_cap=r_cap,
+        n_clusters=s.n_clusters,
+        alpha=s.alpha,
+        beta=s.beta,
+        r_know=s.r_know,
+        r_cap=s.r_cap,
         encoder=encoder_name(encoder),
-        seed=seed,
+        seed=s.seed,
         meta=meta,
+        tasks=table.task if (s.use_tasks and table.task) else None,
     )
+
+
+def profile_from_tables(
+    paths: Sequence[str],
+    *,
+    fmt: str | None = None,
+    encoder: str = MINILM,
+    settings: ProfileSettings = ProfileSettings(),
+    models: Sequence[str] | None = None,
+    tasks_from_files: bool = False,
+) -> Profiles:
+    table = read_eval_table(paths, fmt, tasks_from_files=tasks_from_files)
+    emb = encode_cached(encoder, table.queries, window=settings.window)
+    return fit_profiles(table, emb, encoder=encoder, settings=settings, models=models)

@@ -68,14 +68,18 @@ class Scorer:
     """Ray Data stage: predicted quality [M] and cost [M] per row, plus the row's top capabilities
     and domains. Sets `too_long` on rows no model's context can hold. Drops the embedding."""
 
-    def __init__(self, profiles: str, pool: PoolArrays):
+    def __init__(self, profiles: str, pool: PoolArrays, task_column: str | None = None):
         self.profiles: Profiles = load_profiles(profiles).select(pool.models)
         self.pool = pool
+        self.task_column = task_column
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         p, pool = self.profiles, self.pool
         emb = embeddings_from_arrow(batch[S.EMBEDDING])
-        ann = p.annotate(emb)
+        tasks = None
+        if self.task_column in batch.column_names:
+            tasks = batch[self.task_column].cast(pa.string()).to_numpy(zero_copy_only=False)
+        ann = p.annotate(emb, tasks)
         quality = p.score_annotated(ann)
         nbytes = pc.fill_null(pc.binary_length(batch[S.PROMPT]), 0).to_numpy()
         in_tokens = estimate_input_tokens(nbytes, pool.mode)
