@@ -53,6 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_job_args(run)
 
+    rep = sub.add_parser(
+        "report",
+        help="rebuild the report folder (report.json and pictures) of a finished run",
+        description="Read a finished output folder (its parquet rows and _report.json) and write "
+        "OUTPUT-report/ beside it (a trailing slash is ignored): report.json with rows, predicted "
+        "and actual spend, tokens and statuses per model, phase times, the quality-cost frontier "
+        "and the capability and domain counts, and PNG pictures of them. `router run` writes it too.",
+    )
+    rep.add_argument("output", help="the output folder of `router run` (local path or URI)")
+
     prof = sub.add_parser(
         "profile",
         help="build model profiles from evaluation tables",
@@ -60,11 +70,35 @@ def build_parser() -> argparse.ArgumentParser:
         "each model's capability and knowledge profile (InferenceDynamics). Writes one profile file "
         "that job configs name under `profiles:`.",
     )
-    prof.add_argument("--eval-table", nargs="+", required=True, metavar="PATH",
-                      help="evaluation tables: long-format parquet or {question, scores} JSON")  # fmt: skip
-    prof.add_argument("--out", required=True, help="profile file to write (.npz)")
+    prof.add_argument("--eval-table", nargs="+", metavar="PATH",
+                      help="evaluation tables: long-format parquet, {question, scores} JSON, RouterBench")  # fmt: skip
+    prof.add_argument("--out", help="profile file to write (.npz)")
     _add_fit_args(prof)
     prof.add_argument("--models", nargs="+", help="profile only these models (default: all in the tables)")
+    prof_sub = prof.add_subparsers(dest="action", metavar="ACTION")
+    add = prof_sub.add_parser(
+        "add-model",
+        help="add one model to an existing profile file, leaving the others untouched",
+        description="Profile one more model on the existing taxonomy (clusters, capabilities, tasks), "
+        "either from its rows of evaluation tables (--eval-table) or by answering an index set with "
+        "gold answers with the project's own vLLM stage and grading the answers (--queries, --weights).",
+    )
+    add.add_argument("--profiles", required=True, help="the profile file (or packaged name) to extend")
+    add.add_argument("--model", required=True, help="the model's name in the tables, or the new name")
+    add.add_argument("--eval-table", nargs="+", metavar="PATH", help="evaluation tables holding the model's scores")
+    add.add_argument("--format", choices=["long", "scores-json", "routerbench"], help="table format")
+    add.add_argument("--tasks-from-files", action="store_true", help="each file holds one task named by the file")
+    add.add_argument("--queries", help="index set with gold answers (jsonl: query, ground_truth, metric, task_name)")
+    add.add_argument("--weights", help="with --queries: what vLLM loads (Hugging Face id or path)")
+    add.add_argument("--max-tokens", type=int, default=256, help="with --queries: answer length (256)")
+    add.add_argument("--max-model-len", type=int, help="with --queries: the engine's context length")
+    add.add_argument("--dtype", default="auto", help="with --queries: vLLM dtype (float32 on CPU)")
+    add.add_argument("--limit", type=int, help="with --queries: use only the first N queries")
+    add.add_argument("--out", required=True, help="profile file to write")
+    rm = prof_sub.add_parser("remove-model", help="remove one model from a profile file")
+    rm.add_argument("--profiles", required=True, help="the profile file (or packaged name)")
+    rm.add_argument("--model", required=True, help="the model to remove")
+    rm.add_argument("--out", required=True, help="profile file to write")
 
     ev = sub.add_parser(
         "eval",
@@ -152,9 +186,28 @@ def _run(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from router.report import write_report_folder
+
+    folder, files = write_report_folder(args.output)
+    print(f"report of {args.output} written to {folder}/: {', '.join(files)}")
+    return 0
+
+
 def _profile(args) -> int:
     from router.profiling import profile_from_tables
 
+    if args.action == "add-model":
+        return _add_model(args)
+    if args.action == "remove-model":
+        from router.profiles import load_profiles
+        from router.profiling import remove_model
+
+        remove_model(load_profiles(args.profiles), args.model).save(args.out)
+        print(f"removed {args.model}; profiles written to {args.out}")
+        return 0
+    if not args.eval_table or not args.out:
+        return _fail("router profile needs --eval-table PATH [PATH ...] and --out PROFILE")
     for p in args.eval_table:
         import os
 
@@ -167,6 +220,48 @@ def _profile(args) -> int:
     profiles.save(args.out)
     print(f"profiles of {len(profiles.models)} models over {len(profiles.domain_names)} knowledge clusters "
           f"written to {args.out}")  # fmt: skip
+    return 0
+
+
+def _add_model(args) -> int:
+    import os
+
+    from router.encode import encode_cached
+    from router.profiles import load_profiles
+    from router.profiling import add_model
+
+    profiles = load_profiles(args.profiles)
+    window = profiles.meta.get("window", "head")
+    if args.eval_table:
+        from router.evaldata import read_eval_table
+
+        for p in args.eval_table:
+            if not os.path.isfile(p):
+                return _fail(f"evaluation table {p!r} not found")
+        table = read_eval_table(args.eval_table, args.format, tasks_from_files=args.tasks_from_files)
+        model = args.model
+    elif args.queries and args.weights:
+        from router.indexset import answer_and_grade
+
+        if not os.path.isfile(args.queries):
+            return _fail(f"queries file {args.queries!r} not found")
+        table, skipped = answer_and_grade(
+            args.queries, args.model, args.weights, max_tokens=args.max_tokens, max_model_len=args.max_model_len,
+            dtype=args.dtype, limit=args.limit,
+        )  # fmt: skip
+        print(f"graded {len(table.queries)} answers of {args.model} (mean score {float(table.scores.mean()):.3f}); "
+              f"skipped {skipped} rows whose metric cannot be graded here (code)")  # fmt: skip
+        model = args.model
+    else:
+        return _fail("add-model needs --eval-table PATH [PATH ...], or --queries FILE with --weights MODEL")
+    emb = encode_cached("minilm" if profiles.encoder.endswith("all-MiniLM-L6-v2") else profiles.encoder,
+                        table.queries, window=window)  # fmt: skip
+    try:
+        extended = add_model(profiles, table, model, emb)
+    except ValueError as e:
+        return _fail(str(e))
+    extended.save(args.out)
+    print(f"added {model}: {len(extended.models)} models; profiles written to {args.out}")
     return 0
 
 
@@ -198,7 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from router.config import ConfigError
 
     try:
-        return {"plan": _plan, "run": _run, "profile": _profile, "eval": _eval}[args.command](args)
+        commands = {"plan": _plan, "run": _run, "report": _report, "profile": _profile, "eval": _eval}
+        return commands[args.command](args)
     except (ConfigError, InfeasibleBudget, FileNotFoundError) as e:
         return _fail(str(e))
     except ImportError as e:

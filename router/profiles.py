@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,14 +32,18 @@ def top_r(similarity: np.ndarray, r: int) -> np.ndarray:
     """Indices [N, r] of the r largest entries of each row, largest first (ties: lower index)."""
     n, k = similarity.shape
     r = min(r, k)
-    if r < k:
-        part = np.argpartition(-similarity, r - 1, axis=1)[:, :r]
-    else:
-        part = np.broadcast_to(np.arange(k), (n, k))
-    vals = np.take_along_axis(similarity, part, axis=1)
-    # lexsort: primary key descending similarity, secondary ascending index, for a fixed tie rule.
-    order = np.lexsort((part, -vals), axis=1)
-    return np.take_along_axis(part, order, axis=1).astype(np.int64)
+    out = np.empty((n, r), dtype=np.int64)
+    if r == 0:
+        return out
+    # r is small (1-5): r argmax passes beat a partition plus a sort, and argmax's first-maximum
+    # rule gives the tie rule for free.
+    work = similarity if r == 1 else similarity.copy()
+    rows = np.arange(n)
+    for j in range(r):
+        out[:, j] = work.argmax(axis=1)
+        if j + 1 < r:
+            work[rows, out[:, j]] = -np.inf
+    return out
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -135,13 +140,20 @@ class Profiles:
         lookup = {t: i for i, t in enumerate(self.tasks)}
         return np.array([lookup.get(t, -1) for t in names], np.int64)[inverse]
 
+    @cached_property
+    def _taxonomy_t(self) -> np.ndarray:
+        """[D, K + C]: centroids and capability prototypes side by side, for one matrix product."""
+        return np.ascontiguousarray(np.concatenate([self.centroids, self.capability_vectors]).T)
+
     def annotate(self, embeddings: np.ndarray, tasks=None) -> Annotation:
         emb = np.asarray(embeddings, dtype=np.float32)
         if emb.ndim != 2 or emb.shape[1] != self.dim:
             raise ValueError(f"embeddings must be [N, {self.dim}] for these profiles, got {emb.shape}")
+        sims = emb @ self._taxonomy_t
+        k = len(self.centroids)
         return Annotation(
-            capabilities=top_r(emb @ self.capability_vectors.T, self.r_cap),
-            domains=top_r(emb @ self.centroids.T, self.r_know),
+            capabilities=top_r(sims[:, k:], self.r_cap),
+            domains=top_r(sims[:, :k], self.r_know),
             tasks=self.task_index(tasks),
         )
 
@@ -259,7 +271,7 @@ def _tag_matrix(idx: np.ndarray, n_elements: int, weights: np.ndarray) -> np.nda
     return a
 
 
-def _element_means(idx: np.ndarray, n_elements: int, weights: np.ndarray, values: np.ndarray) -> np.ndarray:
+def element_means(idx: np.ndarray, n_elements: int, weights: np.ndarray, values: np.ndarray) -> np.ndarray:
     """(A^T @ values) / N_e where N_e counts the queries tagged with element e (DESIGN.md 3)."""
     a = _tag_matrix(idx, n_elements, weights)
     counts = (a > 0).sum(axis=0).astype(np.float32)
@@ -328,11 +340,11 @@ def build_profiles(
     )
     ann = profiles.annotate(emb, tasks)
     w_task, w_clusters = knowledge_weights(ann, alpha)
-    know = _element_means(ann.domains, n_clusters, w_clusters, value)
+    know = element_means(ann.domains, n_clusters, w_clusters, value)
     task_profile = None
     if ann.tasks is not None:
-        task_profile = _element_means(ann.tasks[:, None], len(profiles.tasks), w_task[:, None], value)
-    cap = _element_means(ann.capabilities, len(cap_vectors), rank_weights(ann.capabilities.shape[1], alpha), value)
+        task_profile = element_means(ann.tasks[:, None], len(profiles.tasks), w_task[:, None], value)
+    cap = element_means(ann.capabilities, len(cap_vectors), rank_weights(ann.capabilities.shape[1], alpha), value)
     out = profiles.output_tokens
     if output_tokens is not None:
         top = ann.domains[:, 0]

@@ -119,3 +119,65 @@ def profile_from_tables(
     table = read_eval_table(paths, fmt, tasks_from_files=tasks_from_files)
     emb = encode_cached(encoder, table.queries, window=settings.window)
     return fit_profiles(table, emb, encoder=encoder, settings=settings, models=models)
+
+
+def add_model(
+    profiles: Profiles, table: EvalTable, model: str, embeddings: np.ndarray, *, name: str | None = None
+) -> Profiles:
+    """`profiles` with one more model, profiled from its rows of `table` on the existing taxonomy
+    (the same clusters, capabilities and tasks): the other models' vectors are not touched."""
+    from dataclasses import replace
+
+    from router.profiles import element_means, knowledge_weights, rank_weights
+
+    name = name or model
+    if name in profiles.models:
+        raise ValueError(f"model {name!r} is already profiled; remove it first or pick another name")
+    if model not in table.models:
+        raise ValueError(f"model {model!r} is not in the evaluation tables ({', '.join(table.models)})")
+    col = table.models.index(model)
+    keep = ~np.isnan(table.scores[:, col])
+    if not keep.any():
+        raise ValueError(f"the evaluation tables hold no score of {model!r}")
+    value = table.scores[keep, col : col + 1].astype(np.float32)
+    if table.costs is not None:
+        value = value - profiles.beta * np.nan_to_num(table.costs[keep, col : col + 1])
+    tasks = [t for t, k in zip(table.task, keep) if k] if table.task else None
+    ann = profiles.annotate(embeddings[keep], tasks)
+    w_task, w_clusters = knowledge_weights(ann, profiles.alpha)
+    know = element_means(ann.domains, len(profiles.centroids), w_clusters, value)
+    cap = element_means(ann.capabilities, len(profiles.capability_vectors),
+                        rank_weights(ann.capabilities.shape[1], profiles.alpha), value)  # fmt: skip
+    task_profile = profiles.task_profile
+    if task_profile is not None:
+        column = np.full((len(profiles.tasks), 1), float(value.mean()) * float(w_task.max(initial=0.5)), np.float32)
+        if ann.tasks is not None and (ann.tasks >= 0).any():
+            known = ann.tasks >= 0
+            means = element_means(ann.tasks[known, None], len(profiles.tasks), w_task[known, None], value[known])
+            seen = np.bincount(ann.tasks[known], minlength=len(profiles.tasks)) > 0
+            column[seen] = means[seen]
+        task_profile = np.hstack([task_profile, column])
+    out = np.full((len(profiles.centroids), 1), np.nan, np.float32)
+    if table.output_tokens is not None:
+        ot = table.output_tokens[keep, col]
+        sums = np.bincount(ann.domains[:, 0], weights=np.nan_to_num(ot), minlength=len(out))
+        counts = np.bincount(ann.domains[:, 0], weights=~np.isnan(ot), minlength=len(out))
+        out[:, 0] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    meta = dict(profiles.meta)
+    meta["added_models"] = [*meta.get("added_models", []),
+                            {"model": name, "from": [Path(s).name for s in table.sources], "rows": int(keep.sum())}]
+    return replace(
+        profiles,
+        models=(*profiles.models, name),
+        know=np.hstack([profiles.know, know]),
+        cap=np.hstack([profiles.cap, cap]),
+        output_tokens=np.hstack([profiles.output_tokens, out]),
+        task_profile=task_profile,
+        meta=meta,
+    )  # fmt: skip
+
+
+def remove_model(profiles: Profiles, model: str) -> Profiles:
+    if model not in profiles.models:
+        raise ValueError(f"model {model!r} is not profiled ({', '.join(profiles.models)})")
+    return profiles.select([m for m in profiles.models if m != model])

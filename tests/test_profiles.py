@@ -94,3 +94,22 @@ def test_packaged_open9_profiles():
     assert p.encoder == "sentence-transformers/all-MiniLM-L6-v2"
     assert p.meta["built_from"][0]["file"] == "scores_train.json"
     assert len(set(p.domain_names)) == len(p.domain_names)
+
+
+def test_remove_then_add_a_model_gives_back_its_profile_and_leaves_the_others():
+    from router.evaldata import EvalTable
+    from router.profiling import add_model, remove_model
+
+    emb, scores, costs, caps, doms = _small_problem(seed=3)
+    p = build_profiles(emb, scores, list("abcd"), capability_vectors=caps, capability_names=list("ABCDE"),
+                       domain_vectors=doms, domain_names=list("abcdefg"), n_clusters=5)  # fmt: skip
+    table = EvalTable(queries=[str(i) for i in range(len(emb))], models=tuple("abcd"), scores=scores)
+    without = remove_model(p, "c")
+    assert without.models == ("a", "b", "d") and np.array_equal(without.know, p.know[:, [0, 1, 3]])
+    again = add_model(without, table, "c", emb)
+    assert again.models == ("a", "b", "d", "c")
+    assert np.allclose(again.know[:, 3], p.know[:, 2], atol=1e-6)
+    assert np.allclose(again.cap[:, 3], p.cap[:, 2], atol=1e-6)
+    assert np.array_equal(again.know[:, :3], without.know)
+    with pytest.raises(ValueError, match="already profiled"):
+        add_model(again, table, "c", emb)

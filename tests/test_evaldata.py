@@ -1,0 +1,74 @@
+"""Evaluation-table readers: the shapes public routing data comes in."""
+
+import json
+import pickle
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from router.evaldata import detect_format, prompt_text, read_eval_table
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def routerbench_frame():
+    return pd.DataFrame(
+        {
+            "sample_id": ["a", "b", "c"],
+            "prompt": [["What is 2+2?"], "['Example: 1+1=2', 'What is 3+3?']", '["Hi", "Name a colour."]'],
+            "eval_name": ["math", "math", "chat"],
+            "gpt-x": [1, 0, 1],
+            "gpt-x|total_cost": [0.01, 0.02, 0.01],
+            "gpt-x|model_response": ["4", "5", "red"],
+            "small": [0, 1, 1],
+            "small|total_cost": [0.001, 0.001, 0.002],
+            "small|model_response": ["5", "6", "blue"],
+        }
+    )
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet", "pkl"])
+def test_routerbench_wide_table(tmp_path, suffix):
+    df = routerbench_frame()
+    path = tmp_path / f"rb.{suffix}"
+    if suffix == "csv":
+        df.assign(prompt=df["prompt"].astype(str)).to_csv(path, index=False)
+    elif suffix == "parquet":
+        df.assign(prompt=df["prompt"].astype(str)).to_parquet(path)
+    else:
+        with open(path, "wb") as f:
+            pickle.dump(df, f)
+    assert detect_format(path) == "routerbench"
+    t = read_eval_table([path])
+    assert t.models == ("gpt-x", "small")
+    assert np.array_equal(t.scores, [[1, 0], [0, 1], [1, 1]])
+    assert np.allclose(t.costs[:, 1], [0.001, 0.001, 0.002])
+    assert t.task == ["math", "math", "chat"]
+    assert t.queries[0] == "What is 2+2?"
+    assert t.queries[1].endswith("What is 3+3?") and t.queries[2].endswith("Name a colour.")
+
+
+def test_scores_json_with_text_scores_and_task_from_file(tmp_path):
+    rows = [{"question": "q1", "scores": "{'m1': 1, 'm2': 0}"}, {"question": "q2", "scores": {"m1": 0.5, "m2": 1}}]
+    (tmp_path / "mmlu_train.json").write_text(json.dumps(rows))
+    t = read_eval_table([tmp_path / "mmlu_train.json"], tasks_from_files=True)
+    assert t.models == ("m1", "m2") and np.allclose(t.scores, [[1, 0], [0.5, 1]]) and t.task == ["mmlu", "mmlu"]
+
+
+def test_long_parquet_and_union_of_models(tmp_path):
+    long = pa.table({"query_id": [1, 1, 2], "query": ["a", "a", "b"], "model": ["x", "y", "x"],
+                     "score": [1.0, 0.0, 1.0], "cost": [0.1, 0.2, 0.1]})  # fmt: skip
+    pq.write_table(long, tmp_path / "t.parquet")
+    (tmp_path / "s.json").write_text(json.dumps([{"question": "c", "scores": {"z": 1}}]))
+    t = read_eval_table([tmp_path / "t.parquet", tmp_path / "s.json"])
+    assert t.models == ("x", "y", "z") and t.queries == ["a", "b", "c"]
+    assert np.isnan(t.scores[1, 1]) and t.scores[2, 2] == 1 and np.isnan(t.costs[2]).all()
+
+
+def test_prompt_text_forms():
+    assert prompt_text("plain [not a list") == "plain [not a list"
+    assert prompt_text([{"role": "user", "content": "hi"}]) == "hi"
+    assert prompt_text("['a', 'b']") == "a\n\nb"
