@@ -139,13 +139,55 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beta", type=float, default=d.beta, help=f"cost penalty in the profile scores (default {d.beta})")
     p.add_argument("--top", type=int, default=d.r_know, help=f"list length r (default {d.r_know})")
     p.add_argument("--seed", type=int, default=d.seed, help="clustering seed")
+    p.add_argument("--annotator", choices=["embedding", "llm", "distilled"], default=d.annotator,
+                   help="who ranks each query's capabilities and domains: embedding (default: clusters and "
+                   "prototypes), llm (an auxiliary model per query, the paper's way) or distilled (the llm "
+                   "labels a sample, linear heads the rest); llm and distilled need --annotator-weights")
+    p.add_argument("--annotator-weights", metavar="PATH_OR_ID", help="the auxiliary model vLLM serves to annotate")
+    p.add_argument("--annotator-max-tokens", type=int, default=64, help="annotator answer length (64)")
+    p.add_argument("--annotator-max-model-len", type=int, help="the annotator engine's context length")
+    p.add_argument("--annotator-dtype", default="auto", help="vLLM dtype of the annotator (float32 on CPU)")
+    p.add_argument("--distill-sample", type=int, metavar="N",
+                   help="with --annotator distilled: the llm labels N index queries (default: all)")  # fmt: skip
 
 
 def _settings(args):
     from router.profiling import ProfileSettings
 
     return ProfileSettings(n_clusters=args.clusters, alpha=args.alpha, beta=args.beta, r_know=args.top,
-                           r_cap=args.top, window=args.window, use_tasks=not args.no_tasks, seed=args.seed)
+                           r_cap=args.top, window=args.window, use_tasks=not args.no_tasks, seed=args.seed,
+                           annotator=args.annotator, distill_sample=args.distill_sample)  # fmt: skip
+
+
+def _annotator_error(args) -> str | None:
+    if args.annotator != "embedding" and not args.annotator_weights:
+        return f"--annotator {args.annotator} needs --annotator-weights PATH_OR_ID (the model vLLM serves to annotate)"
+    if args.distill_sample is not None and (args.annotator != "distilled" or args.distill_sample < 1):
+        return "--distill-sample N takes a positive N and goes with --annotator distilled"
+    if args.annotator_max_tokens < 1:
+        return f"--annotator-max-tokens must be a positive integer, got {args.annotator_max_tokens}"
+    return None
+
+
+def _annotator(args):
+    """The LLM annotator `--annotator llm|distilled` asks for (its engine starts on first use), or None."""
+    if args.annotator == "embedding":
+        return None
+    from router.annotate import llm_annotator
+
+    return llm_annotator(args.annotator_weights, encoder=args.encoder, r_cap=args.top, r_know=args.top,
+                         max_tokens=args.annotator_max_tokens, max_model_len=args.annotator_max_model_len,
+                         dtype=args.annotator_dtype)  # fmt: skip
+
+
+def _annotation_line(meta: dict) -> str:
+    a = meta.get("annotation")
+    if not a:
+        return ""
+    llm = a["llm"]
+    return (f"\n{a['annotator']} annotator: {a['labelled_by_llm']} index queries labelled by the llm, "
+            f"{a['labelled_by_heads']} by its heads; {llm['fallback_rows']} got nothing usable from it "
+            f"(embedding lists instead), {llm['other_domains']} domains mapped to `other`")  # fmt: skip
 
 
 def _fail(msg: str) -> int:
@@ -213,13 +255,20 @@ def _profile(args) -> int:
 
         if not os.path.isfile(p):
             return _fail(f"evaluation table {p!r} not found")
-    profiles = profile_from_tables(
-        args.eval_table, fmt=args.format, encoder=args.encoder, settings=_settings(args), models=args.models,
-        tasks_from_files=args.tasks_from_files,
-    )  # fmt: skip
+    if msg := _annotator_error(args):
+        return _fail(msg)
+    annotator = _annotator(args)
+    try:
+        profiles = profile_from_tables(
+            args.eval_table, fmt=args.format, encoder=args.encoder, settings=_settings(args), models=args.models,
+            tasks_from_files=args.tasks_from_files, annotator=annotator,
+        )  # fmt: skip
+    finally:
+        if annotator is not None:
+            annotator.close()
     profiles.save(args.out)
     print(f"profiles of {len(profiles.models)} models over {len(profiles.domain_names)} knowledge clusters "
-          f"written to {args.out}")  # fmt: skip
+          f"written to {args.out}" + _annotation_line(profiles.meta))  # fmt: skip
     return 0
 
 
@@ -273,11 +322,18 @@ def _eval(args) -> int:
 
         if not os.path.isfile(p):
             return _fail(f"file {p!r} not found")
-    r = evaluate(
-        args.train, args.test, fmt=args.format, prices_path=args.prices, budget_fraction=args.budget_fraction,
-        output_tokens=args.output_tokens, binarize=args.binarize, tasks_from_files=args.tasks_from_files,
-        encoder=args.encoder, settings=_settings(args),
-    )  # fmt: skip
+    if msg := _annotator_error(args):
+        return _fail(msg)
+    annotator = _annotator(args)
+    try:
+        r = evaluate(
+            args.train, args.test, fmt=args.format, prices_path=args.prices, budget_fraction=args.budget_fraction,
+            output_tokens=args.output_tokens, binarize=args.binarize, tasks_from_files=args.tasks_from_files,
+            encoder=args.encoder, settings=_settings(args), annotator=annotator,
+        )  # fmt: skip
+    finally:
+        if annotator is not None:
+            annotator.close()
     print(format_eval(r))
     if args.json:
         with open(args.json, "w") as f:

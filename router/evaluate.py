@@ -129,7 +129,10 @@ def evaluate(
     tasks_from_files: bool = False,
     encoder: str = MINILM,
     settings: ProfileSettings = ProfileSettings(),
+    annotator=None,
 ) -> dict[str, Any]:
+    """`annotator`: the `router.annotate.LLMAnnotator` of an `llm` or `distilled` setting; with
+    `llm` it also annotates the test queries (a generation each), with `distilled` the heads do."""
     train = read_eval_table(train_paths, fmt, tasks_from_files=tasks_from_files)
     test = read_eval_table(test_paths, fmt, tasks_from_files=tasks_from_files)
     models = [m for m in train.models if m in test.models]
@@ -148,8 +151,16 @@ def evaluate(
     te_emb = encode_cached(encoder, test.queries, window=settings.window)
     full = np.full((len(train.queries), len(train.models)), np.nan, np.float32)
     full[:, [train.models.index(m) for m in models]] = tr_scores
-    profiles = fit_profiles(train, tr_emb, encoder=encoder, settings=settings, models=models, scores=full)
-    quality = profiles.score(te_emb, test.task if settings.use_tasks else None)
+    profiles = fit_profiles(train, tr_emb, encoder=encoder, settings=settings, models=models, scores=full,
+                            annotator=annotator)  # fmt: skip
+    te_tasks = test.task if settings.use_tasks else None
+    if settings.annotator == "llm":
+        from dataclasses import replace
+
+        ann = annotator.annotate(test.queries, te_emb)
+        quality = profiles.score_annotated(replace(ann, tasks=profiles.task_index(te_tasks)))
+    else:
+        quality = profiles.score(te_emb, te_tasks)
 
     best = int(np.nanargmax(np.nanmean(tr_scores, axis=0)))
     best_single = {"model": models[best], **_outcome(te_scores, costs.actual, np.full(len(te_scores), best))}
@@ -195,6 +206,8 @@ def evaluate(
         },
         "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
     }  # fmt: skip
+    if "annotation" in profiles.meta:
+        result["annotation"] = {**profiles.meta["annotation"], "llm_all_calls": dict(annotator.stats)}
     if budget_fraction is not None:
         budget = budget_fraction * best_cost
         o, lam = route(quality, budget)

@@ -127,6 +127,10 @@ class Profiles:
     meta: dict[str, Any] = field(default_factory=dict)
     tasks: tuple[str, ...] = ()  # task labels seen in the index set (a knowledge element each)
     task_profile: np.ndarray | None = None  # float32 [T, M]
+    # float32 [D + 1, C + K]: linear heads from an embedding to capability and knowledge scores
+    # (last row: bias), fitted on an LLM annotator's labels (router.annotate). When present,
+    # `annotate` ranks their outputs instead of the nearest prototypes and centroids.
+    heads: np.ndarray | None = None
 
     @property
     def dim(self) -> int:
@@ -149,6 +153,14 @@ class Profiles:
         emb = np.asarray(embeddings, dtype=np.float32)
         if emb.ndim != 2 or emb.shape[1] != self.dim:
             raise ValueError(f"embeddings must be [N, {self.dim}] for these profiles, got {emb.shape}")
+        if self.heads is not None:
+            c = len(self.capability_vectors)
+            out = emb @ self.heads[:-1] + self.heads[-1]
+            return Annotation(
+                capabilities=top_r(out[:, :c], self.r_cap),
+                domains=top_r(out[:, c:], self.r_know),
+                tasks=self.task_index(tasks),
+            )
         sims = emb @ self._taxonomy_t
         k = len(self.centroids)
         return Annotation(
@@ -211,6 +223,8 @@ class Profiles:
             "meta": self.meta,
         }
         extra = {} if self.task_profile is None else {"task_profile": self.task_profile}
+        if self.heads is not None:
+            extra["heads"] = self.heads
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as f:
@@ -261,6 +275,7 @@ def load_profiles(path: str | Path) -> Profiles:
             meta=meta.get("meta", {}),
             tasks=tuple(meta.get("tasks", ())),
             task_profile=z["task_profile"].astype(np.float32) if "task_profile" in z.files else None,
+            heads=z["heads"].astype(np.float32) if "heads" in z.files else None,
         )
 
 
@@ -302,20 +317,35 @@ def build_profiles(
     seed: int = 0,
     meta: dict[str, Any] | None = None,
     tasks: Sequence[str] | None = None,
+    knowledge: np.ndarray | None = None,
+    annotation: Annotation | None = None,
+    heads: np.ndarray | None = None,
 ) -> Profiles:
-    """Profiles from an index set: embeddings [N, D], scores [N, M] in [0, 1] (NaN: not evaluated)."""
+    """Profiles from an index set: embeddings [N, D], scores [N, M] in [0, 1] (NaN: not evaluated).
+
+    By default the knowledge elements are `n_clusters` clusters of the embeddings and the index
+    queries are annotated by nearness. `knowledge` [K, D] fixes the elements instead (named by
+    `domain_names`), `annotation` gives the index queries' lists from another annotator, and
+    `heads` is stored for routing (router.annotate)."""
     emb = normalize(embeddings)
     scores = np.asarray(scores, dtype=np.float32)
     if scores.shape != (len(emb), len(models)):
         raise ValueError(f"scores must be [{len(emb)}, {len(models)}], got {scores.shape}")
-    centroids = spherical_kmeans(emb, n_clusters, seed=seed)
-    names = np.asarray(domain_names)[np.argmax(centroids @ normalize(domain_vectors).T, axis=1)]
-    # Clusters that land on the same domain name get a numeric suffix so report labels stay unique.
-    seen: dict[str, int] = {}
-    cluster_names = []
-    for n in map(str, names):
-        seen[n] = seen.get(n, 0) + 1
-        cluster_names.append(n if seen[n] == 1 else f"{n} ({seen[n]})")
+    if knowledge is not None:
+        centroids = normalize(knowledge)  # a zero row (an `other` element) stays zero
+        cluster_names = list(map(str, domain_names))
+        n_clusters = len(centroids)
+        if len(cluster_names) != n_clusters:
+            raise ValueError(f"knowledge has {n_clusters} elements but domain_names names {len(cluster_names)}")
+    else:
+        centroids = spherical_kmeans(emb, n_clusters, seed=seed)
+        names = np.asarray(domain_names)[np.argmax(centroids @ normalize(domain_vectors).T, axis=1)]
+        # Clusters that land on the same domain name get a numeric suffix so report labels stay unique.
+        seen: dict[str, int] = {}
+        cluster_names = []
+        for n in map(str, names):
+            seen[n] = seen.get(n, 0) + 1
+            cluster_names.append(n if seen[n] == 1 else f"{n} ({seen[n]})")
     cap_vectors = normalize(capability_vectors)
     value = scores if costs is None else scores - beta * np.asarray(costs, dtype=np.float32)
     # A model not evaluated on a query contributes the model's mean there, not zero.
@@ -337,8 +367,11 @@ def build_profiles(
         encoder=encoder,
         meta=dict(meta or {}),
         tasks=tuple(sorted(set(map(str, tasks)))) if tasks is not None else (),
+        heads=None if heads is None else np.asarray(heads, np.float32),
     )
     ann = profiles.annotate(emb, tasks)
+    if annotation is not None:
+        ann = replace(annotation, tasks=ann.tasks)
     w_task, w_clusters = knowledge_weights(ann, alpha)
     know = element_means(ann.domains, n_clusters, w_clusters, value)
     task_profile = None

@@ -32,6 +32,22 @@ class ProfileSettings:
     use_tasks: bool = True
     """Use the table's task column, when it has one, as a knowledge element of its own."""
     seed: int = 0
+    annotator: str = "embedding"
+    """Who annotates the index set: `embedding` (clusters and prototypes), `llm` (an auxiliary
+    model, the paper's way) or `distilled` (the llm labels a sample, linear heads the rest); see
+    router.annotate. Profiles of the latter two route with their heads."""
+    distill_sample: int | None = None
+    """With `distilled`: how many index queries the llm labels (seeded random; None: all)."""
+    ridge: float = 1.0
+    """Ridge penalty of the heads fitted on llm labels."""
+
+    def __post_init__(self) -> None:
+        from router.annotate import ANNOTATORS
+
+        if self.annotator not in ANNOTATORS:
+            raise ValueError(f"annotator must be one of {', '.join(ANNOTATORS)}, got {self.annotator!r}")
+        if self.distill_sample is not None and self.distill_sample < 1:
+            raise ValueError(f"distill_sample must be a positive number of queries, got {self.distill_sample}")
 
 
 def _sha256(path: str) -> str:
@@ -60,8 +76,10 @@ def fit_profiles(
     settings: ProfileSettings = ProfileSettings(),
     models: Sequence[str] | None = None,
     scores: np.ndarray | None = None,
+    annotator=None,
 ) -> Profiles:
-    """Profiles from a table and its queries' embeddings (`scores` overrides the table's)."""
+    """Profiles from a table and its queries' embeddings (`scores` overrides the table's).
+    `annotator` is the `router.annotate.LLMAnnotator` an `llm` or `distilled` setting needs."""
     cols = list(range(len(table.models)))
     if models:
         missing = [m for m in models if m not in table.models]
@@ -69,8 +87,13 @@ def fit_profiles(
             raise ValueError(f"model {missing[0]!r} is not in the evaluation tables ({', '.join(table.models)})")
         cols = [table.models.index(m) for m in models]
     scores = table.scores if scores is None else scores
-    cap_vectors, domain_vectors = taxonomy_vectors(encoder)
     s = settings
+    if s.annotator != "embedding" and annotator is None:
+        raise ValueError(f"`{s.annotator}` profiles need an LLM annotator: name its weights with --annotator-weights")
+    if annotator is None:
+        cap_vectors, domain_vectors = taxonomy_vectors(encoder)
+    else:
+        cap_vectors, domain_vectors = annotator.capability_vectors, annotator.mapper.domain_vectors
     meta = {
         "built_from": [{"file": Path(p).name, "sha256": _sha256(p)} for p in table.sources if Path(p).is_file()],
         "n_queries": len(table.queries),
@@ -84,7 +107,19 @@ def fit_profiles(
             "capabilities": "zero-shot: nearest prototypes of the seven capabilities' example prompts",
             "tasks": "the table's task column, a knowledge element ranked first" if table.task else "none",
         },
+        "annotator": s.annotator,
     }
+    by_llm: dict = {}
+    if s.annotator != "embedding":
+        from router.annotate import annotate_index_set
+
+        ia = annotate_index_set(table.queries, embeddings, annotator, kind=s.annotator, alpha=s.alpha,
+                                ridge=s.ridge, sample=s.distill_sample, seed=s.seed)  # fmt: skip
+        by_llm = {"knowledge": ia.knowledge, "domain_names": ia.domain_names, "annotation": ia.annotation,
+                  "heads": ia.heads}  # fmt: skip
+        meta["annotation"] = ia.meta
+        meta["choices"]["capabilities"] = f"ranked by the {s.annotator} annotator (router.annotate)"
+        meta["choices"]["n_clusters"] = "unused: the knowledge elements are named domains and `other`"
     return build_profiles(
         embeddings,
         scores[:, cols],
@@ -92,7 +127,7 @@ def fit_profiles(
         capability_vectors=cap_vectors,
         capability_names=list(CAPABILITIES),
         domain_vectors=domain_vectors,
-        domain_names=list(DOMAINS),
+        domain_names=by_llm.pop("domain_names", list(DOMAINS)),
         costs=None if table.costs is None else table.costs[:, cols],
         output_tokens=None if table.output_tokens is None else table.output_tokens[:, cols],
         n_clusters=s.n_clusters,
@@ -104,6 +139,7 @@ def fit_profiles(
         seed=s.seed,
         meta=meta,
         tasks=table.task if (s.use_tasks and table.task) else None,
+        **by_llm,
     )
 
 
@@ -115,10 +151,11 @@ def profile_from_tables(
     settings: ProfileSettings = ProfileSettings(),
     models: Sequence[str] | None = None,
     tasks_from_files: bool = False,
+    annotator=None,
 ) -> Profiles:
     table = read_eval_table(paths, fmt, tasks_from_files=tasks_from_files)
     emb = encode_cached(encoder, table.queries, window=settings.window)
-    return fit_profiles(table, emb, encoder=encoder, settings=settings, models=models)
+    return fit_profiles(table, emb, encoder=encoder, settings=settings, models=models, annotator=annotator)
 
 
 def add_model(

@@ -48,7 +48,10 @@ def job(tmp_path_factory):
 
     from router.pipeline import run_job
 
-    cfg = load_config(CONFIG, [f"input={inp}", f"output={d / 'out'}", "budget.total=0.0006", *SHORT_CONTEXT])
+    # file:// URIs: the same pyarrow filesystem path that s3:// and gs:// take.
+    cfg = load_config(
+        CONFIG, [f"input=file://{inp}", f"output=file://{d / 'out'}", "budget.total=0.0006", *SHORT_CONTEXT]
+    )
     result = run_job(cfg)
     out = pads.dataset(str(d / "out"), format="parquet").to_table().to_pylist()
     yield cfg, rows, result, {r[S.ID]: r for r in out}, out, d
