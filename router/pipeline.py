@@ -55,6 +55,8 @@ class RunResult:
     by_model: list[dict[str, Any]] = field(default_factory=list)
     by_status: dict[str, int] = field(default_factory=dict)
     standin: bool = False
+    frontier: dict[str, Any] | None = None
+    """Predicted quality against spend over a sweep of budgets (report.predicted_frontier)."""
 
 
 def log(msg: str) -> None:
@@ -270,12 +272,41 @@ def route(cfg: JobConfig, result: RunResult):
     log(f"budget {cfg.budget.total:.6g} USD: lambda*={plan.lam:.6g}, predicted spend {plan.predicted_cost:.6g} USD "
         f"({result.phases[-1].seconds:.1f}s)")  # fmt: skip
     t0 = time.perf_counter()
+    result.frontier = sampled_frontier(scored, n, cfg.budget.total)
+    if result.frontier is not None:
+        k = result.frontier["sample_rows"]
+        result.phases.append(Phase(f"frontier (sample of {k} rows)", k, time.perf_counter() - t0))
+        log(f"frontier: {len(result.frontier['points'])} budgets solved on {k} of {n} rows "
+            f"({result.phases[-1].seconds:.1f}s)")  # fmt: skip
+    t0 = time.perf_counter()
     assigned = scored.map_batches(
         Assigner, fn_constructor_kwargs=dict(models=cfg.model_names, plan=plan, allow_skip=allow_skip),
         compute=ray_actor_pool(1), batch_size=ROUTE_BATCH, batch_format="pyarrow", num_cpus=0.25,
     ).materialize()  # fmt: skip
     result.phases.append(Phase("assign", n, time.perf_counter() - t0))
+    log(f"assigned {n} rows in {result.phases[-1].seconds:.1f}s ({result.phases[-1].rows_per_s:.0f} rows/s)")
     return assigned
+
+
+# Rows the frontier is solved on: enough for a smooth curve, a second or two of solving.
+FRONTIER_SAMPLE = 20_000
+
+
+def sampled_frontier(scored, n_rows: int, budget: float) -> dict[str, Any] | None:
+    """The predicted quality-cost frontier from a random sample of at most FRONTIER_SAMPLE rows of
+    the scored matrices (one cheap pass over two columns; nothing is re-encoded)."""
+    import ray
+
+    from router.report import predicted_frontier
+
+    ds = scored.select_columns([S.QUALITY, S.COST])
+    if n_rows > FRONTIER_SAMPLE:
+        ds = ds.random_sample(FRONTIER_SAMPLE / n_rows, seed=0)
+    tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
+    if not tables:
+        return None
+    t = pa.concat_tables(tables)
+    return predicted_frontier(matrix_from_column(t[S.QUALITY]), _cost(t), n_rows, budget)
 
 
 def ray_actor_pool(size: int):
@@ -302,6 +333,7 @@ def generate_and_write(cfg: JobConfig, assigned, result: RunResult) -> None:
 
     weights_of, context_limit = standin_weights(cfg)
     on_gpu = cfg.generation.device == "cuda" or (cfg.generation.device == "auto" and _gpus_available() > 0)
+    spent, planned = 0.0, result.plan.predicted_cost if result.plan is not None else math.nan
     for (weights, tp), members in engine_groups(cfg, weights_of).items():
         names = [m.name for m in members]
         rows = assigned.map_batches(_select, fn_kwargs=dict(models=names), batch_format="pyarrow", num_cpus=0.25)
@@ -321,6 +353,7 @@ def generate_and_write(cfg: JobConfig, assigned, result: RunResult) -> None:
         replicas = max(m.replicas for m in members)
         t0 = time.perf_counter()
         log(f"generate {', '.join(names)}: {n} rows on {replicas} engine(s) of {weights}")
+        before = _written_files(cfg.output)
         out = rows.map_batches(
             VLLMGenerator,
             fn_constructor_kwargs=dict(weights=weights, models=settings, max_model_len=max_len,
@@ -333,7 +366,12 @@ def generate_and_write(cfg: JobConfig, assigned, result: RunResult) -> None:
         out.write_parquet(cfg.output)
         label = names[0] if len(names) == 1 else f"{len(names)} models on one engine"
         result.phases.append(Phase(f"generate ({label})", n, time.perf_counter() - t0))
-        log(f"generate {', '.join(names)}: done in {result.phases[-1].seconds:.1f}s")
+        group_spend, errors = _written_spend(cfg.output, _written_files(cfg.output) - before)
+        spent += group_spend
+        log(f"generate {', '.join(names)}: {n} rows in {result.phases[-1].seconds:.1f}s "
+            f"({result.phases[-1].rows_per_s:.3g} rows/s), {group_spend:.6g} USD"
+            + (f", {errors} generation errors" if errors else "")
+            + f"; spent so far {spent:.6g} USD of {planned:.6g} USD predicted")  # fmt: skip
     rest = assigned.map_batches(_select, fn_kwargs=dict(models=None), batch_format="pyarrow", num_cpus=0.25)
     rest = rest.map_batches(finalize, fn_kwargs=dict(text_column=cfg.text_column), batch_format="pyarrow",
                             num_cpus=0.25)  # fmt: skip
@@ -341,7 +379,35 @@ def generate_and_write(cfg: JobConfig, assigned, result: RunResult) -> None:
         rest.write_parquet(cfg.output)
 
 
-TALLY_SUMS = (S.PREDICTED_COST, S.ACTUAL_COST, S.INPUT_TOKENS, S.OUTPUT_TOKENS)
+def _written_files(output: str) -> set[str]:
+    import pyarrow.fs as pafs
+
+    from router.inputs import _filesystem
+
+    fs, path = _filesystem(output)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return set()
+    return {e.path for e in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+            if e.type == pafs.FileType.File and not e.base_name.startswith(("_", "."))}  # fmt: skip
+
+
+def _written_spend(output: str, files: set[str]) -> tuple[float, int]:
+    """Actual spend and generation errors of one engine group's rows, read back from the files its
+    write added (two columns): the spend reported is what was written, not an estimate."""
+    import pyarrow.dataset as pads
+
+    from router.inputs import _filesystem
+
+    if not files:
+        return 0.0, 0
+    t = pads.dataset(sorted(files), filesystem=_filesystem(output)[0], format="parquet").to_table(
+        columns=[S.ACTUAL_COST, S.STATUS]
+    )
+    errors = pc.sum(pc.equal(t[S.STATUS], S.GENERATION_ERROR)).as_py()
+    return float(pc.sum(t[S.ACTUAL_COST]).as_py() or 0.0), int(errors or 0)
+
+
+TALLY_SUMS = (S.PREDICTED_COST, S.ACTUAL_COST, S.INPUT_TOKENS, S.OUTPUT_TOKENS, S.PREDICTED_QUALITY)
 
 
 def _tally_batch(batch: pa.Table) -> pa.Table:
@@ -396,4 +462,8 @@ def run_job(cfg: JobConfig) -> RunResult:
     from router.report import write_report
 
     write_report(cfg, result)
+    from router.report import write_report_folder
+
+    folder, files = write_report_folder(cfg.output)
+    log(f"report: {folder}/ ({', '.join(files)})")
     return result
