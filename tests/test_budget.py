@@ -20,14 +20,23 @@ from router import budget as budget_module
 from router.budget import (
     NBINS,
     BudgetPlan,
+    PriceWindow,
+    PriceWindowMissed,
     BudgetSummary,
+    CapLimit,
     InfeasibleBudget,
+    InfeasibleCaps,
+    ModelCap,
     assign,
+    assign_capped,
     collect_bin,
     critical_bin,
     merge_summaries,
+    price_window,
     row_breakpoints,
     solve_budget,
+    solve_budget_groups,
+    solve_capped,
     solve_lambda,
     summarize,
 )
@@ -195,6 +204,20 @@ def small_blocks(cells: int = 64) -> Iterator[None]:
         budget_module._BLOCK_CELLS = saved
 
 
+@contextmanager
+def bracketed(sample_rows: int) -> Iterator[None]:
+    """Take the bracketed in-memory path whatever the size, with a sample of about ``sample_rows``."""
+    names = ("_BRACKET_MIN_ROWS", "_SAMPLE_ROWS", "_PASS_ROWS")
+    saved = [getattr(budget_module, name) for name in names]
+    for name, value in zip(names, (0, sample_rows, 64), strict=True):
+        setattr(budget_module, name, value)
+    try:
+        yield
+    finally:
+        for name, value in zip(names, saved, strict=True):
+            setattr(budget_module, name, value)
+
+
 def assert_valid(quality: np.ndarray, cost: np.ndarray, sol: Any, budget: float, skipping: bool = False) -> None:
     """Choices are takeable, every takeable row is served unless skipping,
     totals match, the budget holds, and each row is optimal for Q - lam*C
@@ -245,16 +268,22 @@ def test_near_optimal_against_brute_force(instance: tuple[np.ndarray, np.ndarray
 
 @pytest.mark.timeout(60)
 @SETTINGS
-@given(grid_instances(), st.integers(0, 24), st.booleans(), st.randoms(use_true_random=False))
+@given(
+    grid_instances(), st.integers(0, 24), st.booleans(), st.randoms(use_true_random=False), st.sampled_from([0, 1, 2])
+)
 def test_matches_literal_reference(
-    instance: tuple[np.ndarray, np.ndarray], step: int, allow_skip: bool, random: Any
+    instance: tuple[np.ndarray, np.ndarray], step: int, allow_skip: bool, random: Any, sample_rows: int
 ) -> None:
     quality, cost = instance
     cheapest, base = min_and_base_cost(quality, cost)
     low = 0.0 if allow_skip else cheapest
     budget = low + (base - low) * step / 16
     keys = np.array(random.sample(range(1000), quality.shape[0]))
-    sol = solve_budget(quality, cost, budget, keys=keys, allow_skip=allow_skip)
+    if sample_rows:
+        with bracketed(sample_rows):
+            sol = solve_budget(quality, cost, budget, keys=keys, allow_skip=allow_skip)
+    else:
+        sol = solve_budget(quality, cost, budget, keys=keys, allow_skip=allow_skip)
     choice, lam = reference_solve(quality, cost, budget, keys, allow_skip)
     assert np.array_equal(sol.choice, choice)
     assert sol.lam == lam
@@ -368,6 +397,142 @@ def test_streamed_equals_in_memory_over_many_blocks(dtype: type) -> None:
         assert budget - sol.total_cost < np.nanmax(cost)  # within one row of the budget
 
 
+@pytest.mark.timeout(60)
+@settings(max_examples=60, deadline=None, database=None)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.integers(100, 3000),
+    st.integers(1, 9),
+    st.sampled_from([np.float64, np.float32]),
+    st.sampled_from([0.0, 0.05]),
+    st.sampled_from([16, 128, 1024]),
+)
+def test_bracketed_solve_equals_walking_every_row(
+    seed: int, n: int, m: int, dtype: type, nan_rate: float, sample_rows: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    quality, cost = float_instance(rng, n, m, nan_rate)
+    quality, cost = quality.astype(dtype), cost.astype(dtype)
+    dupes = rng.integers(0, n, n // 4)
+    quality[dupes], cost[dupes] = quality[0], cost[0]
+    keys = rng.permutation(n)
+    cheapest, base = min_and_base_cost(quality.astype(float), cost.astype(float))
+    budget = cheapest * (1 + 1e-9) + (base - cheapest) * rng.uniform(0.02, 0.98)
+    walked = budget_module._solve_walked(quality, cost, budget, keys, False)
+    with bracketed(sample_rows):
+        fast = budget_module._solve_bracketed(quality, cost, budget, keys)
+    if fast is None:  # the sample missed: solve_budget walks every row instead
+        return
+    assert np.array_equal(fast.choice, walked.choice)
+    assert fast.lam == walked.lam
+    assert fast.total_cost == pytest.approx(walked.total_cost, rel=1e-9)
+    assert fast.total_quality == pytest.approx(walked.total_quality, rel=1e-9)
+    assert fast.total_cost <= budget * (1 + 1e-12)
+
+
+@pytest.mark.timeout(30)
+def test_large_inputs_walk_only_the_rows_near_the_price() -> None:
+    rng = np.random.default_rng(4)
+    n = 100_000
+    quality, cost = float_instance(rng, n, 6, nan_rate=0.01)
+    cheapest, base = min_and_base_cost(quality, cost)
+    budget = (cheapest + base) / 2
+    keys = np.arange(n)
+    sample = np.arange(0, n, n // budget_module._SAMPLE_ROWS)
+    window = price_window(quality[sample], cost[sample], budget, n)
+    assert window is not None
+    lo, hi = window.lo, window.hi
+    moving = np.flatnonzero(budget_module.window_choices(quality, cost, window) == budget_module.MOVING)
+    assert moving.size < n // 10
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(budget_module, "_BRACKET_MIN_ROWS", n)
+        sol = solve_budget(quality, cost, budget)
+    walked = budget_module._solve_walked(quality, cost, budget, keys, False)
+    assert lo < sol.lam <= hi
+    assert np.array_equal(sol.choice, walked.choice) and sol.lam == walked.lam
+    assert_valid(quality, cost, sol, budget)
+
+
+@pytest.mark.timeout(60)
+@settings(max_examples=60, deadline=None, database=None)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.integers(200, 3000),
+    st.integers(2, 9),
+    st.booleans(),
+    st.booleans(),
+    st.sampled_from([np.float64, np.float32]),
+)
+def test_windowed_passes_equal_in_memory(
+    seed: int, n: int, m: int, keep_breakpoints: bool, routed_choices: bool, dtype: type
+) -> None:
+    rng = np.random.default_rng(seed)
+    quality, cost = float_instance(rng, n, m, nan_rate=0.05)
+    quality, cost = quality.astype(dtype), cost.astype(dtype)
+    keys = rng.permutation(10 * n)[:n]
+    cheapest, base = min_and_base_cost(quality.astype(float), cost.astype(float))
+    budget = cheapest + (base - cheapest) * rng.uniform(0.1, 0.9)
+    expected = solve_budget(quality, cost, budget, keys=keys)
+    sample = rng.choice(n, n // 3, replace=False)
+    window = price_window(quality[sample], cost[sample], budget, n)
+    if window is None:
+        return
+    edges = [0, *sorted(rng.integers(0, n + 1, rng.integers(0, 6)).tolist()), n]
+    batches = []
+    for a, b in pairwise(edges):
+        q, c, k = quality[a:b], cost[a:b], keys[a:b]
+        batches.append((q, c, k, budget_module.window_choices(q, c, window) if routed_choices else None))
+    summaries = [
+        summarize(q, c, window=window, keys=k if keep_breakpoints else None, choices=ch) for q, c, k, ch in batches
+    ]
+    merged = merge_summaries([BudgetSummary.empty(window=window), *summaries])
+    if not window.lo < expected.lam <= window.hi:
+        with pytest.raises(PriceWindowMissed, match="rerun the passes without a window"):
+            critical_bin(merged, budget)
+        return
+    found = critical_bin(merged, budget)
+    if keep_breakpoints:
+        plan = solve_lambda(merged, budget)
+    else:
+        assert merged.breakpoints is None
+        parts = [collect_bin(q, c, k, found, window=window) for q, c, k, _ in batches]
+        plan = solve_lambda(merged, budget, *(np.concatenate(p) for p in zip(*parts, strict=True)))
+    choice = np.concatenate([assign(q, c, plan, k, window=window, choices=ch) for q, c, k, ch in batches])
+    assert np.array_equal(choice, expected.choice)
+    assert plan.lam == expected.lam
+    assert plan.predicted_cost == pytest.approx(expected.total_cost, rel=1e-9)
+
+
+@pytest.mark.timeout(30)
+def test_summaries_travel_sparse_and_keep_few_breakpoints() -> None:
+    rng = np.random.default_rng(6)
+    quality, cost = float_instance(rng, 2_000, 5)
+    keys = np.arange(2_000)
+    cheapest, base = min_and_base_cost(quality, cost)
+    budget = (cheapest + base) / 2
+    window = price_window(quality, cost, budget, 2_000)
+    assert window is not None
+    summary = summarize(quality, cost, window=window, keys=keys)
+    copy = pickle.loads(pickle.dumps(summary))
+    assert len(pickle.dumps(summary)) < 64 * 1024  # not the 1 MiB of dense bins
+    assert np.array_equal(copy.hist, summary.hist) and np.array_equal(copy.counts, summary.counts)
+    assert copy.window == window and all(map(np.array_equal, copy.breakpoints, summary.breakpoints))
+    assert solve_lambda(copy, budget) == solve_lambda(summary, budget)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(budget_module, "KEEP_BREAKPOINTS", summary.breakpoints[0].size)
+        assert summary.merge(summary).breakpoints is None
+    with pytest.raises(ValueError, match="collect_bin"):
+        solve_lambda(summarize(quality, cost, window=window), budget)
+    with pytest.raises(ValueError, match="different price windows"):
+        summary.merge(summarize(quality, cost))
+    with pytest.raises(ValueError, match="allow_skip=False"):
+        summarize(quality, cost, window=window, allow_skip=True)
+    with pytest.raises(ValueError, match="0 < lo < hi"):
+        PriceWindow(2.0, 1.0)
+    missed = PriceWindowMissed(window, 1.0, 3.0, 2.0)
+    assert str(pickle.loads(pickle.dumps(missed))) == str(missed)
+
+
 # ---------------------------------------------------------------- ties
 
 
@@ -474,12 +639,6 @@ def test_minimum_in_message_is_never_rounded_down() -> None:
 def test_bad_budget_is_rejected(bad: float) -> None:
     with pytest.raises(ValueError, match="budget"):
         solve_budget(np.ones((2, 2)), np.ones((2, 2)), bad)
-
-
-@pytest.mark.timeout(30)
-def test_caps_are_not_implemented_yet() -> None:
-    with pytest.raises(NotImplementedError, match="caps"):
-        solve_budget(np.ones((2, 2)), np.ones((2, 2)), 5.0, caps={"a": 1})
 
 
 @pytest.mark.timeout(30)
@@ -635,3 +794,343 @@ def test_float32_inputs_keep_the_budget() -> None:
     sol64 = solve_budget(q32.astype(float), c32.astype(float), budget)
     assert_valid(q32.astype(float), c32.astype(float), sol32, budget)
     assert sol32.total_quality == pytest.approx(sol64.total_quality, abs=quality_spread(quality, cost))
+
+
+# ---------------------------------------------------------------- caps
+
+
+def cap_limits(caps: dict[int, ModelCap]) -> list[CapLimit]:
+    out = []
+    for col, cap in sorted(caps.items()):
+        if cap.max_rows is not None:
+            out.append(CapLimit(col, False, float(cap.max_rows)))
+        if cap.max_cost is not None:
+            out.append(CapLimit(col, True, float(cap.max_cost)))
+    return out
+
+
+def usage(cost: np.ndarray, choice: np.ndarray, lim: CapLimit, weights: np.ndarray | None = None) -> float:
+    on = choice == lim.col
+    if lim.on_cost:
+        return float(cost[on, lim.col].sum())
+    return float(on.sum() if weights is None else weights[on].sum())
+
+
+def brute_force_capped(
+    quality: np.ndarray,
+    cost: np.ndarray,
+    budget: float,
+    limits: list[CapLimit],
+    allow_skip: bool = False,
+    weights: np.ndarray | None = None,
+) -> float | None:
+    """Best total quality over every assignment within the budget and the caps."""
+    weights = np.ones(quality.shape[0]) if weights is None else weights
+    total_q, total_c = np.zeros(1), np.zeros(1)
+    used = [np.zeros(1) for _ in limits]
+    for i, row in enumerate(options(quality, cost, allow_skip)):
+        total_q = np.add.outer(total_q, [q for _, q, _ in row]).ravel()
+        total_c = np.add.outer(total_c, [c for _, _, c in row]).ravel()
+        for k, lim in enumerate(limits):
+            step = [(c if lim.on_cost else weights[i]) if t == lim.col else 0.0 for t, _, c in row]
+            used[k] = np.add.outer(used[k], step).ravel()
+    fits = total_c <= budget + TOL
+    for k, lim in enumerate(limits):
+        fits &= used[k] <= lim.limit + TOL
+    return float(total_q[fits].max()) if fits.any() else None
+
+
+def assert_capped_valid(
+    quality: np.ndarray, cost: np.ndarray, sol: Any, budget: float, caps: dict[int, ModelCap], allow_skip: bool
+) -> None:
+    """Choices are takeable, every takeable row is served unless skipping is
+    allowed, the totals match, and the budget and every cap hold."""
+    ok = feasible_cells(quality, cost)
+    rows = np.arange(quality.shape[0])
+    chosen = sol.choice >= 0
+    assert ok[rows[chosen], sol.choice[chosen]].all()
+    if not allow_skip:
+        assert np.array_equal(chosen, ok.any(axis=1))
+    assert sol.total_cost <= budget * (1 + TOL) + TOL
+    assert sol.total_cost == pytest.approx(cost[rows[chosen], sol.choice[chosen]].sum(), abs=1e-9)
+    assert sol.total_quality == pytest.approx(quality[rows[chosen], sol.choice[chosen]].sum(), abs=1e-9)
+    for lim in cap_limits(caps):
+        assert usage(cost, sol.choice, lim) <= lim.limit * (1 + TOL) + TOL
+    assert sol.bound >= sol.total_quality - 1e-9
+
+
+@st.composite
+def cap_sets(draw: Any, n_models: int, n_rows: int, max_cost: float) -> dict[int, ModelCap]:
+    cols = draw(st.lists(st.integers(0, n_models - 1), min_size=1, max_size=min(2, n_models), unique=True))
+    caps = {}
+    for col in cols:
+        rows = draw(st.one_of(st.none(), st.integers(0, n_rows)))
+        spend = draw(st.one_of(st.none(), st.integers(0, 12).map(lambda x: x / 12 * max_cost)))
+        if rows is None and spend is None:
+            rows = draw(st.integers(0, n_rows))
+        caps[col] = ModelCap(max_rows=rows, max_cost=spend)
+    return caps
+
+
+CAP_SETTINGS = settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.mark.timeout(90)
+@CAP_SETTINGS
+@given(grid_instances(max_rows=5, max_models=3), st.integers(0, 24), st.booleans(), st.data())
+def test_caps_against_brute_force(
+    instance: tuple[np.ndarray, np.ndarray], step: int, allow_skip: bool, data: Any
+) -> None:
+    quality, cost = instance
+    if allow_skip:
+        # Rows are skipped only when they must be, so skipping rows of negative
+        # quality (which would pay) is out of scope here.
+        quality = np.abs(quality)
+    n, m = quality.shape
+    cheapest, base = min_and_base_cost(quality, cost)
+    budget = (0.0 if allow_skip else cheapest) + (base - (0.0 if allow_skip else cheapest)) * step / 16
+    caps = data.draw(cap_sets(m, n, max(base, 1.0)))
+    limits = cap_limits(caps)
+    serving = brute_force_capped(quality, cost, budget, limits)
+    skipping = brute_force_capped(quality, cost, budget, limits, allow_skip=True) if allow_skip else serving
+    try:
+        sol = solve_budget(quality, cost, budget, caps=caps, allow_skip=allow_skip)
+    except InfeasibleCaps:
+        assert not allow_skip and serving is None
+        return
+    except InfeasibleBudget:
+        assert not allow_skip and budget < cheapest
+        return
+    assert_capped_valid(quality, cost, sol, budget, caps, allow_skip)
+    # Serve every row when that fits the budget and the caps; skip only then.
+    optimum = serving if serving is not None and budget >= cheapest else skipping
+    assert optimum is not None and skipping is not None
+    assert sol.total_quality <= skipping + TOL
+    assert sol.bound >= skipping - TOL
+    spread = quality_spread(quality, cost, allow_skip)
+    assert sol.total_quality >= optimum - (len(limits) + 1) * spread - TOL
+
+
+def milp_capped(
+    quality: np.ndarray, cost: np.ndarray, budget: float, limits: list[CapLimit], *, relax: bool = False
+) -> float:
+    """The exact optimum (or with relax=True, the LP bound) with scipy's milp."""
+    optimize = pytest.importorskip("scipy.optimize")
+    n, m = quality.shape
+    ok = feasible_cells(quality, cost)
+    c = np.where(ok, cost, 0.0)
+    constraints = [
+        optimize.LinearConstraint(np.kron(np.eye(n), np.ones(m)), 1, 1),
+        optimize.LinearConstraint(c.ravel()[None, :], -np.inf, budget),
+    ]
+    for lim in limits:
+        use = np.zeros((n, m))
+        use[:, lim.col] = c[:, lim.col] if lim.on_cost else ok[:, lim.col]
+        constraints.append(optimize.LinearConstraint(use.ravel()[None, :], -np.inf, lim.limit))
+    result = optimize.milp(
+        -np.where(ok, quality, 0.0).ravel(),
+        constraints=constraints,
+        integrality=np.zeros(n * m) if relax else np.ones(n * m),
+        bounds=optimize.Bounds(0, ok.ravel().astype(float)),
+    )
+    assert result.success
+    return -result.fun
+
+
+def capped_instance(seed: int, n: int = 50, m: int = 5) -> tuple[np.ndarray, np.ndarray, float, dict[int, ModelCap]]:
+    """A medium instance whose budget and caps (a row cap on the most wanted
+    model, a spend cap on another) all bind."""
+    rng = np.random.default_rng(seed)
+    quality, cost = float_instance(rng, n, m, nan_rate=0.0)
+    cheapest, base = min_and_base_cost(quality, cost)
+    budget = cheapest + (base - cheapest) * rng.uniform(0.3, 0.9)
+    favourite = int(np.bincount(quality.argmax(axis=1), minlength=m).argmax())
+    other = (favourite + 1 + int(rng.integers(0, m - 1))) % m
+    caps = {favourite: ModelCap(max_rows=int(rng.integers(2, n // 4)))}
+    if seed % 2:
+        caps[other] = ModelCap(max_cost=float(cost[:, other].mean() * rng.uniform(1, 5)))
+    return quality, cost, budget, caps
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("seed", range(8))
+def test_caps_within_rows_of_milp(seed: int) -> None:
+    quality, cost, budget, caps = capped_instance(seed)
+    limits = cap_limits(caps)
+    optimum = milp_capped(quality, cost, budget, limits)
+    lp = milp_capped(quality, cost, budget, limits, relax=True)
+    sol = solve_budget(quality, cost, budget, caps=caps)
+    assert_capped_valid(quality, cost, sol, budget, caps, allow_skip=False)
+    assert sol.total_quality <= optimum + 1e-6
+    assert sol.bound >= lp - 1e-6  # weak duality: the bound is at least the LP optimum
+    assert sol.total_quality >= lp - (len(limits) + 1) * quality_spread(quality, cost) - 1e-6
+    assert len(sol.cap_prices) == len(limits) and min(sol.cap_prices) >= 0
+
+
+@pytest.mark.timeout(60)
+@settings(max_examples=25, deadline=None, database=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 120), st.integers(2, 5), st.booleans())
+def test_streamed_caps_equal_in_memory(seed: int, n: int, m: int, allow_skip: bool) -> None:
+    rng = np.random.default_rng(seed)
+    quality, cost = float_instance(rng, n, m)
+    keys = rng.permutation(10 * n)[:n]
+    cheapest, base = min_and_base_cost(quality, cost)
+    low = 0.0 if allow_skip else cheapest * (1 + 1e-9)
+    budget = low + (max(base, low) - low) * rng.uniform(0.05, 0.95)
+    caps = {int(rng.integers(0, m)): ModelCap(max_rows=int(rng.integers(0, n + 1)))}
+    spend_col = int(rng.integers(0, m))
+    caps[spend_col] = ModelCap(max_rows=caps.get(spend_col, ModelCap(1)).max_rows, max_cost=float(rng.uniform(0, 10)))
+    cuts = sorted(rng.integers(0, n + 1, rng.integers(0, 5)).tolist())
+    edges = [0, *cuts, n]
+    batches = [(quality[a:b], cost[a:b], keys[a:b]) for a, b in pairwise(edges)]
+    try:
+        expected = solve_budget(quality, cost, budget, caps=caps, allow_skip=allow_skip, keys=keys)
+    except InfeasibleCaps:
+        with pytest.raises(InfeasibleCaps):
+            solve_capped(lambda: batches, budget, caps, allow_skip=allow_skip)
+        return
+    plan = solve_capped(lambda: batches, budget, caps, allow_skip=allow_skip)
+    choice = np.concatenate([assign_capped(q, c, plan, k) for q, c, k in batches])
+    assert np.array_equal(choice, expected.choice)
+    assert plan.predicted_cost == pytest.approx(expected.total_cost, rel=1e-9, abs=1e-9)
+    assert plan.bound == pytest.approx(expected.bound, rel=1e-9, abs=1e-9)
+    assert plan.passes >= 3
+    assert_capped_valid(quality, cost, expected, budget, caps, allow_skip)
+
+
+@pytest.mark.timeout(30)
+def test_caps_are_deterministic_and_unbinding_caps_change_nothing() -> None:
+    quality, cost, budget, caps = capped_instance(3, n=400)
+    sol = solve_budget(quality, cost, budget, caps=caps)
+    again = solve_budget(np.asfortranarray(quality), np.asfortranarray(cost), budget, caps=dict(reversed(caps.items())))
+    assert np.array_equal(sol.choice, again.choice) and sol.cap_prices == again.cap_prices
+    plain = solve_budget(quality, cost, budget)
+    loose = {col: ModelCap(max_rows=400, max_cost=math.inf) for col in range(quality.shape[1])}
+    unbound = solve_budget(quality, cost, budget, caps=loose)
+    assert np.array_equal(unbound.choice, plain.choice) and unbound.lam == plain.lam
+    assert unbound.cap_prices == (0.0,) * 5
+    as_list = solve_budget(quality, cost, budget, caps=[caps.get(col) for col in range(5)])
+    assert np.array_equal(as_list.choice, sol.choice)
+
+
+@pytest.mark.timeout(30)
+def test_row_cap_with_identical_rows_fills_the_cap_in_key_order() -> None:
+    # Ten identical rows all prefer model 1, which takes at most three: the
+    # price that pushes them off moves all ten at once; the fill brings back three.
+    quality = np.tile([0.5, 0.9], (10, 1))
+    cost = np.tile([1.0, 1.0], (10, 1))
+    keys = np.arange(10)[::-1].copy()
+    sol = solve_budget(quality, cost, math.inf, caps={1: ModelCap(max_rows=3)}, keys=keys)
+    assert sol.choice.tolist() == [0] * 7 + [1] * 3
+    assert sol.total_quality == pytest.approx(7 * 0.5 + 3 * 0.9)
+    assert sol.bound >= sol.total_quality - 1e-9
+
+
+@pytest.mark.timeout(30)
+def test_caps_that_cannot_be_met() -> None:
+    # Row 1 can only take model 0, which is capped at no rows.
+    quality = np.array([[1.0, 0.5], [1.0, np.nan]])
+    cost = np.ones((2, 2))
+    caps = {0: ModelCap(max_rows=0)}
+    with pytest.raises(InfeasibleCaps) as raised:
+        solve_budget(quality, cost, 10.0, caps=caps)
+    assert "model 0's cap of 0 rows cannot be met" in str(raised.value)
+    assert "allow skipping rows" in str(raised.value)
+    copy = pickle.loads(pickle.dumps(raised.value))
+    assert str(copy) == str(raised.value)
+    sol = solve_budget(quality, cost, 10.0, caps=caps, allow_skip=True)
+    assert sol.choice.tolist() == [1, -1]
+    with pytest.raises(InfeasibleBudget):
+        solve_budget(quality, cost, 1.0, caps=caps)
+
+
+@pytest.mark.timeout(30)
+def test_bad_caps_are_rejected() -> None:
+    q = c = np.ones((2, 2))
+    with pytest.raises(ValueError, match="max_rows or max_cost"):
+        ModelCap()
+    with pytest.raises(ValueError, match="max_rows"):
+        ModelCap(max_rows=-1)
+    with pytest.raises(ValueError, match="max_rows"):
+        ModelCap(max_rows=1.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_cost"):
+        ModelCap(max_cost=math.nan)
+    with pytest.raises(ValueError, match="model column"):
+        solve_budget(q, c, 5.0, caps={2: ModelCap(max_rows=1)})
+    with pytest.raises(TypeError, match="ModelCap"):
+        solve_budget(q, c, 5.0, caps={0: 1})
+    with pytest.raises(ValueError, match="one ModelCap or None per model"):
+        solve_budget(q, c, 5.0, caps=[ModelCap(max_rows=1)])
+
+
+# ---------------------------------------------------------------- groups
+
+
+def group_instance(
+    quality: np.ndarray, cost: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-group sums over the rows some model can take: (quality, cost, sizes, servable, member)."""
+    servable = feasible_cells(quality, cost).any(axis=1)
+    names, member = np.unique(labels[servable], return_inverse=True)
+    gq = np.zeros((names.size, quality.shape[1]))
+    gc = np.zeros_like(gq)
+    for g in range(names.size):
+        gq[g] = quality[servable][member == g].sum(axis=0)
+        gc[g] = cost[servable][member == g].sum(axis=0)
+    return gq, gc, np.bincount(member, minlength=names.size).astype(float), servable, member
+
+
+@pytest.mark.timeout(60)
+@SETTINGS
+@given(grid_instances(max_rows=8, max_models=3), st.integers(0, 24), st.data())
+def test_groups_against_brute_force(instance: tuple[np.ndarray, np.ndarray], step: int, data: Any) -> None:
+    quality, cost = instance
+    n = quality.shape[0]
+    labels = np.array(data.draw(st.lists(st.sampled_from(["a", "b", "c", "d"]), min_size=n, max_size=n)))
+    gq, gc, _, servable, member = group_instance(quality, cost, labels)
+    cheapest, base = min_and_base_cost(gq, gc)
+    budget = cheapest + (base - cheapest) * step / 16
+    optimum = brute_force(gq, gc, budget)
+    if optimum is None:
+        with pytest.raises(InfeasibleBudget) as raised:
+            solve_budget_groups(quality, cost, labels, budget)
+        assert raised.value.minimum == pytest.approx(cheapest)
+        return
+    sol = solve_budget_groups(quality, cost, labels, budget)
+    assert (sol.choice[~servable] == -1).all()
+    group_choice = np.full(gq.shape[0], -2)
+    for g, row_choice in zip(member, sol.choice[servable], strict=True):
+        assert group_choice[g] in (-2, row_choice)  # one model per group
+        group_choice[g] = row_choice
+    assert_valid(gq, gc, type(sol)(group_choice, sol.lam, sol.total_cost, sol.total_quality), budget)
+    assert sol.total_quality <= optimum + TOL
+    assert sol.total_quality >= optimum - quality_spread(gq, gc) - TOL
+    assert sol.bound >= optimum - TOL
+
+
+@pytest.mark.timeout(60)
+@settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(grid_instances(max_rows=7, max_models=3), st.integers(0, 24), st.data())
+def test_groups_with_caps_against_brute_force(instance: tuple[np.ndarray, np.ndarray], step: int, data: Any) -> None:
+    quality, cost = instance
+    n, m = quality.shape
+    labels = np.array(data.draw(st.lists(st.integers(0, 3), min_size=n, max_size=n)))
+    gq, gc, sizes, servable, member = group_instance(quality, cost, labels)
+    cheapest, base = min_and_base_cost(gq, gc)
+    budget = cheapest + (base - cheapest) * step / 16
+    caps = data.draw(cap_sets(m, n, max(base, 1.0)))
+    limits = cap_limits(caps)
+    optimum = brute_force_capped(gq, gc, budget, limits, weights=sizes)
+    try:
+        sol = solve_budget_groups(quality, cost, labels, budget, caps=caps)
+    except (InfeasibleCaps, InfeasibleBudget):
+        assert optimum is None
+        return
+    assert optimum is not None
+    # A group no model can take as a whole is left out, like a row no model can take.
+    assert_capped_valid(quality, cost, sol, budget, caps, allow_skip=True)
+    group_ok = feasible_cells(gq, gc).any(axis=1)
+    assert np.array_equal(sol.choice >= 0, np.isin(np.arange(n), np.flatnonzero(servable)[group_ok[member]]))
+    for g in range(gq.shape[0]):
+        assert len(set(sol.choice[servable][member == g].tolist())) == 1
+    assert optimum + TOL >= sol.total_quality >= optimum - (len(limits) + 1) * quality_spread(gq, gc) - TOL
