@@ -114,10 +114,6 @@ def keys_of(batch: pa.Table) -> np.ndarray:
     return batch[S.ID].to_numpy(zero_copy_only=False).astype(str)
 
 
-def summarize_batch(batch: pa.Table, allow_skip: bool) -> B.BudgetSummary:
-    return B.summarize(matrix_from_column(batch[S.QUALITY]), _cost64(batch), allow_skip=allow_skip)
-
-
 def _cost64(batch: pa.Table) -> np.ndarray:
     return matrix_from_column(batch[S.COST]).astype(np.float64)
 
