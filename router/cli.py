@@ -190,6 +190,12 @@ def _annotation_line(meta: dict) -> str:
             f"(embedding lists instead), {llm['other_domains']} domains mapped to `other`")  # fmt: skip
 
 
+def _first_missing(paths: Sequence[str]) -> str | None:
+    import os
+
+    return next((p for p in paths if not os.path.isfile(p)), None)
+
+
 def _fail(msg: str) -> int:
     print(f"router: error: {msg}", file=sys.stderr)
     return 2
@@ -250,11 +256,8 @@ def _profile(args) -> int:
         return 0
     if not args.eval_table or not args.out:
         return _fail("router profile needs --eval-table PATH [PATH ...] and --out PROFILE")
-    for p in args.eval_table:
-        import os
-
-        if not os.path.isfile(p):
-            return _fail(f"evaluation table {p!r} not found")
+    if missing := _first_missing(args.eval_table):
+        return _fail(f"evaluation table {missing!r} not found")
     if msg := _annotator_error(args):
         return _fail(msg)
     annotator = _annotator(args)
@@ -273,8 +276,6 @@ def _profile(args) -> int:
 
 
 def _add_model(args) -> int:
-    import os
-
     from router.encode import encode_cached
     from router.profiles import load_profiles
     from router.profiling import add_model
@@ -284,15 +285,14 @@ def _add_model(args) -> int:
     if args.eval_table:
         from router.evaldata import read_eval_table
 
-        for p in args.eval_table:
-            if not os.path.isfile(p):
-                return _fail(f"evaluation table {p!r} not found")
+        if missing := _first_missing(args.eval_table):
+            return _fail(f"evaluation table {missing!r} not found")
         table = read_eval_table(args.eval_table, args.format, tasks_from_files=args.tasks_from_files)
         model = args.model
     elif args.queries and args.weights:
         from router.indexset import answer_and_grade
 
-        if not os.path.isfile(args.queries):
+        if _first_missing([args.queries]):
             return _fail(f"queries file {args.queries!r} not found")
         table, skipped = answer_and_grade(
             args.queries, args.model, args.weights, max_tokens=args.max_tokens, max_model_len=args.max_model_len,
@@ -317,11 +317,8 @@ def _add_model(args) -> int:
 def _eval(args) -> int:
     from router.evaluate import evaluate, format_eval, plot_eval
 
-    for p in [*args.train, *args.test, *([args.prices] if args.prices else [])]:
-        import os
-
-        if not os.path.isfile(p):
-            return _fail(f"file {p!r} not found")
+    if missing := _first_missing([*args.train, *args.test, *([args.prices] if args.prices else [])]):
+        return _fail(f"file {missing!r} not found")
     if msg := _annotator_error(args):
         return _fail(msg)
     annotator = _annotator(args)

@@ -33,7 +33,8 @@ class ReadUnit:
     first_row: int
 
 
-def _filesystem(uri: str):
+def filesystem(uri: str):
+    """(pyarrow filesystem, path) for a local path or a URI (file://, s3://, gs://)."""
     import pyarrow.fs as pafs
 
     try:
@@ -46,7 +47,7 @@ def list_input_files(uri: str) -> tuple[object, list[tuple[str, str, str]]]:
     """(filesystem, [(path, display name, format)]) for a file or a folder of files."""
     import pyarrow.fs as pafs
 
-    fs, path = _filesystem(uri)
+    fs, path = filesystem(uri)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         raise ConfigError(f"input {uri!r} not found")
@@ -148,7 +149,7 @@ def _read_jsonl_lenient(data: bytes, text_column: str) -> pa.Table:
 
 
 def read_table(unit: ReadUnit, text_column: str) -> pa.Table:
-    fs, _ = _filesystem(unit.path)
+    fs, _ = filesystem(unit.path)
     if unit.fmt == "parquet":
         import pyarrow.parquet as pq
 

@@ -26,7 +26,7 @@ from router import schema as S
 from router.config import ConfigError, JobConfig, ModelSpec
 from router.inputs import ReadUnits, plan_read, units_as_items
 from router.profiles import load_profiles
-from router.route import Assigner, PoolArrays, Scorer, keys_of, matrix_from_column
+from router.route import Assigner, PoolArrays, Scorer, cost_from_batch, keys_of, matrix_from_column
 
 # Rows per batch for the vectorised stages (score, budget, assign): large enough that numpy's
 # per-call overhead vanishes, small enough to stay in cache-friendly sizes.
@@ -136,7 +136,7 @@ def scored_dataset(cfg: JobConfig):
 
 
 def _summary_rows(batch: pa.Table, allow_skip: bool) -> pa.Table:
-    s = B.summarize(matrix_from_column(batch[S.QUALITY]), _cost(batch), allow_skip=allow_skip)
+    s = B.summarize(matrix_from_column(batch[S.QUALITY]), cost_from_batch(batch), allow_skip=allow_skip)
     nz = np.flatnonzero(s.counts)
     return pa.table(
         {
@@ -150,13 +150,9 @@ def _summary_rows(batch: pa.Table, allow_skip: bool) -> pa.Table:
     )
 
 
-def _cost(batch: pa.Table) -> np.ndarray:
-    return matrix_from_column(batch[S.COST]).astype(np.float64)
-
-
 def _collect_rows(batch: pa.Table, bin: int, allow_skip: bool) -> pa.Table:
     lam, dcost, keys = B.collect_bin(
-        matrix_from_column(batch[S.QUALITY]), _cost(batch), keys_of(batch), bin, allow_skip=allow_skip
+        matrix_from_column(batch[S.QUALITY]), cost_from_batch(batch), keys_of(batch), bin, allow_skip=allow_skip
     )
     return pa.table({"lam": pa.array(lam, pa.float64()), "dcost": pa.array(dcost, pa.float64()),
                      "key": pa.array(keys, pa.string())})  # fmt: skip
@@ -237,10 +233,10 @@ def finalize(batch: pa.Table, text_column: str) -> pa.Table:
 
 
 def _check_output(output: str) -> None:
-    from router.inputs import _filesystem
+    from router.inputs import filesystem
     import pyarrow.fs as pafs
 
-    fs, path = _filesystem(output)
+    fs, path = filesystem(output)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.File:
         raise ConfigError(f"output {output!r} is a file; give a folder")
@@ -306,7 +302,7 @@ def sampled_frontier(scored, n_rows: int, budget: float) -> dict[str, Any] | Non
     if not tables:
         return None
     t = pa.concat_tables(tables)
-    return predicted_frontier(matrix_from_column(t[S.QUALITY]), _cost(t), n_rows, budget)
+    return predicted_frontier(matrix_from_column(t[S.QUALITY]), cost_from_batch(t), n_rows, budget)
 
 
 def ray_actor_pool(size: int):
@@ -382,9 +378,9 @@ def generate_and_write(cfg: JobConfig, assigned, result: RunResult) -> None:
 def _written_files(output: str) -> set[str]:
     import pyarrow.fs as pafs
 
-    from router.inputs import _filesystem
+    from router.inputs import filesystem
 
-    fs, path = _filesystem(output)
+    fs, path = filesystem(output)
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         return set()
     return {e.path for e in fs.get_file_info(pafs.FileSelector(path, recursive=True))
@@ -396,11 +392,11 @@ def _written_spend(output: str, files: set[str]) -> tuple[float, int]:
     write added (two columns): the spend reported is what was written, not an estimate."""
     import pyarrow.dataset as pads
 
-    from router.inputs import _filesystem
+    from router.inputs import filesystem
 
     if not files:
         return 0.0, 0
-    t = pads.dataset(sorted(files), filesystem=_filesystem(output)[0], format="parquet").to_table(
+    t = pads.dataset(sorted(files), filesystem=filesystem(output)[0], format="parquet").to_table(
         columns=[S.ACTUAL_COST, S.STATUS]
     )
     errors = pc.sum(pc.equal(t[S.STATUS], S.GENERATION_ERROR)).as_py()
@@ -410,7 +406,7 @@ def _written_spend(output: str, files: set[str]) -> tuple[float, int]:
 TALLY_SUMS = (S.PREDICTED_COST, S.ACTUAL_COST, S.INPUT_TOKENS, S.OUTPUT_TOKENS, S.PREDICTED_QUALITY)
 
 
-def _tally_batch(batch: pa.Table) -> pa.Table:
+def tally_batch(batch: pa.Table) -> pa.Table:
     """Per-batch partial sums by (model, status); the driver adds them up."""
     sums = [c for c in TALLY_SUMS if c in batch.column_names]
     t = batch.select([S.MODEL, S.STATUS, *sums]).group_by([S.MODEL, S.STATUS], use_threads=False)
@@ -421,7 +417,7 @@ def tally(ds) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Rows and sums per model and rows per status, with driver memory independent of N."""
     by_model: dict[Any, dict[str, Any]] = {}
     by_status: dict[str, int] = {}
-    for part in ds.map_batches(_tally_batch, batch_format="pyarrow", num_cpus=0.25).iter_rows():
+    for part in ds.map_batches(tally_batch, batch_format="pyarrow", num_cpus=0.25).iter_rows():
         m = by_model.setdefault(part[S.MODEL], {S.MODEL: part[S.MODEL], "count_all": 0})
         m["count_all"] += part["count_all"]
         by_status[part[S.STATUS]] = by_status.get(part[S.STATUS], 0) + part["count_all"]

@@ -114,9 +114,9 @@ def report_dict(cfg: JobConfig, result) -> dict[str, Any]:
 
 
 def write_report(cfg: JobConfig, result) -> str:
-    from router.inputs import _filesystem
+    from router.inputs import filesystem
 
-    fs, path = _filesystem(cfg.output)
+    fs, path = filesystem(cfg.output)
     target = f"{path.rstrip('/')}/_report.json"
     with fs.open_output_stream(target) as f:
         f.write(json.dumps(report_dict(cfg, result), indent=1, default=float).encode())
@@ -186,9 +186,9 @@ def report_folder(output: str) -> str:
 
 
 def _read_run_report(output: str) -> dict[str, Any]:
-    from router.inputs import _filesystem
+    from router.inputs import filesystem
 
-    fs, path = _filesystem(output)
+    fs, path = filesystem(output)
     target = f"{path.rstrip('/')}/_report.json"
     try:
         with fs.open_input_stream(target) as f:
@@ -206,10 +206,10 @@ def scan_output(output: str) -> dict[str, Any]:
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
-    from router.inputs import _filesystem
-    from router.pipeline import TALLY_SUMS, _tally_batch
+    from router.inputs import filesystem
+    from router.pipeline import TALLY_SUMS, tally_batch
 
-    fs, path = _filesystem(output)
+    fs, path = filesystem(output)
     ds = pads.dataset(path.rstrip("/"), filesystem=fs, format="parquet")
     names = set(ds.schema.names)
     if not {S.MODEL, S.STATUS} <= names:
@@ -220,7 +220,7 @@ def scan_output(output: str) -> dict[str, Any]:
     counts: dict[str, Counter] = {c: Counter() for c in LABEL_COLUMNS}
     for batch in ds.to_batches(columns=[S.MODEL, S.STATUS, *sums, *labels]):
         t = pa.Table.from_batches([batch])
-        for part in _tally_batch(t).to_pylist():
+        for part in tally_batch(t).to_pylist():
             m = models.setdefault(part[S.MODEL], {S.MODEL: part[S.MODEL], "count_all": 0, "statuses": {}})
             m["count_all"] += part["count_all"]
             m["statuses"][part[S.STATUS]] = m["statuses"].get(part[S.STATUS], 0) + part["count_all"]
@@ -263,11 +263,11 @@ def folder_report(output: str) -> dict[str, Any]:
 def write_report_folder(output: str, folder: str | None = None) -> tuple[str, list[str]]:
     """Write report.json and the pictures for a finished output; returns the folder and file names.
     Without matplotlib only report.json is written (it says how to get the pictures)."""
-    from router.inputs import _filesystem
+    from router.inputs import filesystem
 
     d = folder_report(output)
     folder = folder or report_folder(output)
-    fs, path = _filesystem(folder)
+    fs, path = filesystem(folder)
     path = path.rstrip("/")
     fs.create_dir(path, recursive=True)
     written = []

@@ -114,7 +114,8 @@ def keys_of(batch: pa.Table) -> np.ndarray:
     return batch[S.ID].to_numpy(zero_copy_only=False).astype(str)
 
 
-def _cost64(batch: pa.Table) -> np.ndarray:
+def cost_from_batch(batch: pa.Table) -> np.ndarray:
+    """The batch's predicted cost matrix [N, M] in float64 (NaN: the model cannot take the row)."""
     return matrix_from_column(batch[S.COST]).astype(np.float64)
 
 
@@ -128,7 +129,7 @@ class Assigner:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         quality = matrix_from_column(batch[S.QUALITY])
-        cost = _cost64(batch)
+        cost = cost_from_batch(batch)
         choice = B.assign(quality, cost, self.plan, keys_of(batch), allow_skip=self.allow_skip)
         chosen = choice >= 0
         rows = np.arange(len(choice))
