@@ -151,7 +151,7 @@ def main() -> None:
     base = sec
     label = "fp16" if cuda else "fp32"
     results.append((f"sentence-transformers encode ({label}, batch 256): baseline", sec, cos(emb)))
-    del st
+
 
     tok = Tokenizer(model)
     for parallel in ("false", "true"):  # tokenizers reads this at every batch

@@ -454,9 +454,12 @@ def embeddings_to_arrow(emb: np.ndarray) -> pa.FixedSizeListArray:
 
 
 def embeddings_from_arrow(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    dim = arr.type.list_size
-    return arr.flatten().to_numpy(zero_copy_only=False).reshape(len(arr), dim)
+    """[N, D] view of a fixed-size-list column: no copy when it is one chunk without nulls
+    (read-only then)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+    dim = column.type.list_size
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), dim)
 
 
 class Encoder:

@@ -107,8 +107,31 @@ def _gpus_available() -> float:
     return float(ray.cluster_resources().get("GPU", 0))
 
 
-def scored_dataset(cfg: JobConfig):
-    """read -> validate -> encode -> score & cost, materialised once (the text is never re-encoded)."""
+def summary_sink():
+    """An actor that merges the budget summaries the Scorer sends (pass 1 riding on scoring).
+    It holds one histogram, plus the keys of the batches seen so that a retried batch counts once."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class SummarySink:
+        def __init__(self) -> None:
+            self.merged = B.BudgetSummary.empty(allow_skip=False)
+            self.seen: set[str] = set()
+
+        def add(self, key: str, summary: B.BudgetSummary) -> None:
+            if key not in self.seen:
+                self.seen.add(key)
+                self.merged = self.merged.merge(summary)
+
+        def get(self) -> B.BudgetSummary:
+            return self.merged
+
+    return SummarySink.remote()
+
+
+def scored_dataset(cfg: JobConfig, summary_sink=None):
+    """read -> validate -> encode -> score & cost, materialised once (the text is never re-encoded).
+    With a `summary_sink`, the Scorer sends it the budget summary of every batch."""
     import ray
     from router.encode import Encoder, Tokenize
 
@@ -122,8 +145,10 @@ def scored_dataset(cfg: JobConfig):
         compute=ray.data.ActorPoolStrategy(size=1), batch_size=1, batch_format="pyarrow", num_cpus=0.25,
     )  # fmt: skip
     enc = cfg.encoder
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    routers = max(1, cpus // 4)  # Scorer actors: each keeps up with about one GPU encoder (bench/route.py)
     if enc.backend != "sentence-transformers":  # tokenize on CPU actors; the encoders get ids
-        tokenizers = enc.tokenizers or max(1, int(ray.cluster_resources().get("CPU", 1)) // 2)
+        tokenizers = enc.tokenizers or max(1, cpus // 2)
         ds = ds.map_batches(
             Tokenize, fn_constructor_kwargs=dict(model=enc.model, window=window),
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=tokenizers), batch_size=enc.batch_size,
@@ -137,8 +162,9 @@ def scored_dataset(cfg: JobConfig):
     )  # fmt: skip
     ds = ds.map_batches(
         Scorer, fn_constructor_kwargs=dict(profiles=cfg.profiles, pool=PoolArrays.from_config(cfg),
-                                           task_column=cfg.task_column),
-        compute=ray.data.ActorPoolStrategy(size=1), batch_size=ROUTE_BATCH, batch_format="pyarrow", num_cpus=0.25,
+                                           task_column=cfg.task_column, summary_sink=summary_sink),
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=routers), batch_size=ROUTE_BATCH,
+        batch_format="pyarrow", num_cpus=0.25,
     )  # fmt: skip
     return ds.materialize()
 
@@ -181,9 +207,11 @@ def _merged_summary(scored, allow_skip: bool) -> B.BudgetSummary:
     return total
 
 
-def solve_plan(scored, budget: float) -> tuple[B.BudgetPlan, bool]:
-    """Pass 1 (histogram) and, when the budget binds, pass 2 (the critical bin): lambda* and ties."""
-    summary = _merged_summary(scored, allow_skip=False)
+def solve_plan(scored, budget: float, summary: B.BudgetSummary | None = None) -> tuple[B.BudgetPlan, bool]:
+    """Pass 1 (histogram; skipped when `summary` came from the scoring pass) and, when the budget
+    binds, pass 2 (the critical bin): lambda* and ties."""
+    if summary is None or summary.allow_skip:
+        summary = _merged_summary(scored, allow_skip=False)
     allow_skip = budget < summary.min_cost
     if allow_skip:
         log(f"budget {budget:.6g} USD is below the cheapest assignment ({summary.min_cost:.6g} USD): "
@@ -263,14 +291,20 @@ def validate_job(cfg: JobConfig, *, generate: bool):
 
 def route(cfg: JobConfig, result: RunResult):
     """Encode, score and solve the budget; returns the assigned dataset (materialised)."""
+    import ray
+
     t0 = time.perf_counter()
-    scored = scored_dataset(cfg)
+    sink = summary_sink()
+    scored = scored_dataset(cfg, sink)
     n = scored.count()
     result.n_rows = n
     result.phases.append(Phase("read+encode+score", n, time.perf_counter() - t0))
     log(f"encoded and scored {n} rows in {result.phases[-1].seconds:.1f}s ({result.phases[-1].rows_per_s:.0f} rows/s)")
     t0 = time.perf_counter()
-    plan, allow_skip = solve_plan(scored, cfg.budget.total)
+    summary = ray.get(sink.get.remote())
+    ray.kill(sink)
+    # Every row must be in it once; if batches were keyed alike (duplicate ids), summarise again.
+    plan, allow_skip = solve_plan(scored, cfg.budget.total, summary if summary.n_rows == n else None)
     result.plan, result.allow_skip = plan, allow_skip
     result.phases.append(Phase("budget solve", n, time.perf_counter() - t0))
     log(f"budget {cfg.budget.total:.6g} USD: lambda*={plan.lam:.6g}, predicted spend {plan.predicted_cost:.6g} USD "

@@ -50,9 +50,10 @@ class PoolArrays:
 
 
 def _names_column(names: tuple[str, ...], idx: np.ndarray) -> pa.ListArray:
-    """list<string> column: row i holds names[idx[i, :]] (vectorised, no Python per row)."""
+    """list<dictionary<string>> column: row i holds names[idx[i, :]]; the strings are stored once
+    (vectorised, no Python per row)."""
     n, r = idx.shape
-    values = pa.array(names).take(pa.array(idx.ravel()))
+    values = pa.DictionaryArray.from_arrays(pa.array(idx.ravel().astype(np.int32)), pa.array(names, pa.string()))
     return pa.ListArray.from_arrays(pa.array(np.arange(0, n * r + 1, r, dtype=np.int32)), values)
 
 
@@ -68,10 +69,11 @@ class Scorer:
     """Ray Data stage: predicted quality [M] and cost [M] per row, plus the row's top capabilities
     and domains. Sets `too_long` on rows no model's context can hold. Drops the embedding."""
 
-    def __init__(self, profiles: str, pool: PoolArrays, task_column: str | None = None):
+    def __init__(self, profiles: str, pool: PoolArrays, task_column: str | None = None, summary_sink=None):
         self.profiles: Profiles = load_profiles(profiles).select(pool.models)
         self.pool = pool
         self.task_column = task_column
+        self.summary_sink = summary_sink
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         p, pool = self.profiles, self.pool
@@ -99,12 +101,21 @@ class Scorer:
             batch = batch.set_column(batch.schema.get_field_index(S.ERROR), S.ERROR, error)
         # Rows that are not routable get no model at all: NaN everywhere keeps them out of the budget.
         cost[~(ok & ~no_fit)] = np.nan
+        cost32 = cost.astype(np.float32)
+        if self.summary_sink is not None:
+            # The budget's first pass rides on this one: the summary of exactly the numbers the
+            # later passes read back (float32 costs), keyed so that a retried batch counts once.
+            import ray
+
+            ids = batch[S.ID]
+            key = f"{ids[0]}\0{ids[-1]}\0{batch.num_rows}" if batch.num_rows else ""
+            ray.get(self.summary_sink.add.remote(key, B.summarize(quality, cost32.astype(np.float64))))
         out = batch.drop_columns([S.EMBEDDING, S.STATUS])
         return (
             out.append_column(S.STATUS, status)
             .append_column(S.EST_INPUT_TOKENS, pa.array(in_tokens))
             .append_column(S.QUALITY, _matrix_column(quality))
-            .append_column(S.COST, _matrix_column(cost.astype(np.float32)))
+            .append_column(S.COST, _matrix_column(cost32))
             .append_column(S.CAPABILITIES, _names_column(p.capability_names, ann.capabilities))
             .append_column(S.DOMAINS, _names_column(p.domain_names, ann.domains))
         )
@@ -130,7 +141,9 @@ class Assigner:
     def __call__(self, batch: pa.Table) -> pa.Table:
         quality = matrix_from_column(batch[S.QUALITY])
         cost = cost_from_batch(batch)
-        choice = B.assign(quality, cost, self.plan, keys_of(batch), allow_skip=self.allow_skip)
+        # Row keys break ties at the critical price only: no plan with a tie key, no keys needed.
+        keys = keys_of(batch) if self.plan.tie_key is not None else np.broadcast_to(np.str_(""), len(quality))
+        choice = B.assign(quality, cost, self.plan, keys, allow_skip=self.allow_skip)
         chosen = choice >= 0
         rows = np.arange(len(choice))
         safe = np.where(chosen, choice, 0)

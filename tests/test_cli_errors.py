@@ -33,6 +33,8 @@ def prompts(tmp_path_factory):
         (["models.gemma-2-9b-it.name=gpt-17"], "unknown model 'gpt-17'"),
         (["models.nobody.max_tokens=3"], "unknown model 'nobody'"),
         (["budget.mode=soft"], "budget.mode must be expected or hard"),
+        (["encoder.backend=tensorrt"], "encoder.backend must be one of auto, torch, onnx, sentence-transformers"),
+        (["encoder.tokenizers=-2"], "encoder.tokenizers must be a whole number >= 0"),
     ],
 )
 def test_bad_config_or_input_fails_in_one_line(prompts, overrides, message):

@@ -6,7 +6,6 @@ through Ray Data in an actor of its own.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path

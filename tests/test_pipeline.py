@@ -111,3 +111,25 @@ def test_a_budget_below_the_cheapest_assignment_leaves_rows_over_budget(job):
     assert 0 < statuses.count(S.OVER_BUDGET) < len(PROMPTS) + 1
     assert sum(r[S.PREDICTED_COST] or 0 for r in planned) <= 0.00005
     assert all(r[S.MODEL] is None for r in planned if r[S.STATUS] == S.OVER_BUDGET)
+
+
+def test_the_summary_sent_while_scoring_equals_a_separate_pass(job):
+    """Pass 1 of the budget rides on the Scorer; it must be the summary a pass of its own gives,
+    every row counted once, and give the same plan."""
+    import numpy as np
+    import ray
+
+    from router.pipeline import _merged_summary, scored_dataset, solve_plan, summary_sink
+
+    cfg = job[0]
+    sink = summary_sink()
+    scored = scored_dataset(cfg, sink)
+    sent = ray.get(sink.get.remote())
+    ray.kill(sink)
+    separate = _merged_summary(scored, allow_skip=False)
+    assert sent.n_rows == separate.n_rows == scored.count()
+    assert sent.base_cost == pytest.approx(separate.base_cost, rel=1e-12)
+    assert sent.min_cost == pytest.approx(separate.min_cost, rel=1e-12)
+    np.testing.assert_array_equal(sent.counts, separate.counts)
+    np.testing.assert_allclose(sent.hist, separate.hist, rtol=1e-12)
+    assert solve_plan(scored, cfg.budget.total, sent) == solve_plan(scored, cfg.budget.total)
