@@ -69,10 +69,10 @@ def main() -> None:
             t for u in units_as_items(units) for t in reader(pa.Table.from_pylist([u]))))  # fmt: skip
         results.append(("read + validate (jsonl)", table.num_rows, sec))
 
-    enc = Encoder("minilm", device="cpu", batch_size=256)
+    enc = Encoder("minilm", device="cpu")
     small = table.slice(0, args.encode_rows)
     encoded, sec = timed(lambda: enc(small))
-    results.append(("encode (MiniLM, CPU)", small.num_rows, sec))
+    results.append((f"encode (MiniLM, CPU, {enc.enc.backend})", small.num_rows, sec))
 
     rng = np.random.default_rng(0)
     emb = rng.standard_normal((table.num_rows, enc.dim), dtype=np.float32)
