@@ -1,0 +1,123 @@
+"""The whole pipeline (read, encode, route, generate, write) against calling `vllm.LLM.generate`
+directly on the same prompts, model and sampling settings, in the same run.
+
+    python bench/pipeline.py [--rows 2000] [--config jobs/configs/local.yaml]
+
+Both sides run in fresh processes, one after the other, on the config's stand-in model (vLLM's CPU
+build here). The table gives generated tokens per second of each: the baseline counts
+`generate` alone (engine already started) and with the engine's start; the pipeline counts its
+whole wall time, from `router run` to the last parquet file, plus its own phase table. The ratio
+(pipeline / baseline) is what issue-level targets refer to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+WORDS = ("what how why explain write solve the a of to in is for function number river history translate code "
+         "list capital prove sum energy market law poem mountain protein algebra court novel engine").split()  # fmt: skip
+
+BASELINE = r"""
+import json, os, sys, time
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+spec = json.loads(sys.argv[1])
+prompts = [json.loads(l)["prompt"] for l in open(spec["input"])]
+t0 = time.perf_counter()
+import vllm
+llm = vllm.LLM(model=spec["weights"], dtype=spec["dtype"], max_model_len=spec["max_model_len"], enforce_eager=True)
+tok = llm.get_tokenizer()
+if getattr(tok, "chat_template", None):  # one user turn, as the pipeline renders it
+    texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+             for p in prompts]
+    ids = [list(x) for x in tok(texts, add_special_tokens=False)["input_ids"]]
+else:
+    ids = [list(x) for x in tok(prompts)["input_ids"]]
+params = vllm.SamplingParams(**spec["sampling"])
+t1 = time.perf_counter()
+outs = llm.generate([{"prompt_token_ids": x} for x in ids], params, use_tqdm=False)
+t2 = time.perf_counter()
+print("RESULT " + json.dumps({"tokens": sum(len(o.outputs[0].token_ids) for o in outs), "generate_s": t2 - t1,
+                  "with_start_s": t2 - t0}), flush=True)
+"""
+
+
+def prompts(n: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, k)) + "?" for k in rng.integers(6, 40, n)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=2000)
+    ap.add_argument("--config", default="jobs/configs/local.yaml")
+    ap.add_argument("overrides", nargs="*", help="key=value settings for the pipeline's config")
+    args = ap.parse_args()
+    from router.config import load_config
+    from router.pipeline import standin_weights
+
+    os.chdir(ROOT)
+    cfg = load_config(args.config, ["input=x", "output=y", *args.overrides])
+    sampling = {(m.max_tokens, m.temperature, m.top_p) for m in cfg.models}
+    if len(sampling) != 1 or not cfg.generation.standin:
+        sys.exit("the baseline needs one stand-in engine and one sampling setting shared by every pool model")
+    (max_tokens, temperature, top_p), = sampling
+    weights_of, context_limit = standin_weights(cfg)
+    weights = weights_of(cfg.models[0])
+    max_len = min([m.max_context for m in cfg.models] + ([context_limit] if context_limit else []))
+    # The config's budget per row, scaled to this many rows: routing binds as it does on the example.
+    per_row = cfg.budget.total / 60 if np.isfinite(cfg.budget.total) else cfg.budget.total
+
+    with tempfile.TemporaryDirectory(prefix="router-bench-pipeline-") as d:
+        inp = os.path.join(d, "prompts.jsonl")
+        with open(inp, "w") as f:
+            for i, p in enumerate(prompts(args.rows)):
+                f.write(json.dumps({"id": f"p{i}", "prompt": p}) + "\n")
+        out = os.path.join(d, "out")
+        env = {**os.environ, "ROUTER_PROGRESS": "0", "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+        t = time.perf_counter()
+        run = subprocess.run([sys.executable, "-m", "router.cli", "run", args.config, f"input={inp}", f"output={out}",
+                              f"budget.total={per_row * args.rows}", *args.overrides], env=env, capture_output=True, text=True)  # fmt: skip
+        pipeline_s = time.perf_counter() - t
+        if run.returncode:
+            sys.exit(f"router run failed:\n{run.stderr[-3000:]}")
+        with open(os.path.join(out, "_report.json")) as f:
+            report = json.load(f)
+        tokens = sum(m.get("output_tokens_sum") or 0 for m in report["models"])
+
+        spec = dict(input=inp, weights=weights, dtype="float32", max_model_len=max_len,
+                    sampling=dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p))  # fmt: skip
+        base = subprocess.run([sys.executable, "-c", BASELINE, json.dumps(spec)], env=env, capture_output=True,
+                              text=True)  # fmt: skip
+        if base.returncode:
+            sys.exit(f"baseline failed:\n{base.stderr[-3000:]}")
+        b = json.loads(next(x for x in base.stdout.splitlines() if x.startswith("RESULT "))[7:])
+
+    rows = [
+        ("baseline: LLM.generate (engine started)", b["tokens"], b["generate_s"]),
+        ("baseline: LLM.generate incl. engine start", b["tokens"], b["with_start_s"]),
+        ("pipeline: router run, whole wall time", tokens, pipeline_s),
+    ]
+    print(f"\n{args.rows} prompts, max_tokens {max_tokens}, stand-in {weights}, {os.cpu_count()} CPUs")
+    print(f"{'what':46} {'out tokens':>10} {'seconds':>8} {'tokens/s':>9} {'vs generate':>11}")
+    ref = b["tokens"] / b["generate_s"]
+    for name, tok, sec in rows:
+        print(f"{name:46} {tok:>10} {sec:>8.1f} {tok / sec:>9.0f} {tok / sec / ref:>10.0%}")
+    print("\npipeline phases (from its report):")
+    for ph in report["phases"]:
+        print(f"  {ph['phase']:40} {ph['rows']:>7} rows {ph['seconds']:>7.1f} s")
+
+
+if __name__ == "__main__":
+    main()
