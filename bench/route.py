@@ -143,7 +143,13 @@ def through_ray(cfg, rows: int, batch_rows: int) -> None:
                       "Assigner pass": time.perf_counter() - t2})  # fmt: skip
         return n
 
-    encode_only()  # warm-up: workers started, code shipped
+    # Cold: the first run starts worker processes that import the router (seconds each, once per
+    # worker in a job). Warm: the steady state a long job is in.
+    cold = []
+    for fn in (encode_only, with_routing):
+        t = time.perf_counter()
+        fn()
+        cold.append(time.perf_counter() - t - parts.pop("(a pass doing nothing, for scale)", 0.0))
     results = []
     for name, fn in (("A: embeddings only (encoder stand-in)", encode_only), ("B: A + routing stage", with_routing)):
         t = time.perf_counter()
@@ -161,6 +167,7 @@ def through_ray(cfg, rows: int, batch_rows: int) -> None:
         print(f"  B's {name:36} {sec:>8.2f}")
     print(f"  (for scale: a Ray Data pass that does nothing over B's scored rows: {nothing:.2f} s)")
     us = added / rows * 1e6
+    print(f"cold (first run, workers starting): A {cold[0]:.2f} s, B {cold[1]:.2f} s")
     print(f"routing adds {added:.2f} s = {us:.2f} us per row on 2 CPUs ({us * 2:.2f} CPU-us per row)")
     for where, rate in (("this CPU (ONNX encoder, bench/encode.py)", 200), ("one H200 (split encoder)", 81_700)):
         print(f"  vs encoding at {rate:,} rows/s on {where}: +{added / (rows / rate) * 100:.3g}% wall time")

@@ -194,9 +194,9 @@ def _collect_rows(batch: pa.Table, bin: int, allow_skip: bool) -> pa.Table:
 
 def _merged_summary(scored, allow_skip: bool) -> B.BudgetSummary:
     total = B.BudgetSummary.empty(allow_skip=allow_skip)
-    summaries = scored.map_batches(
+    summaries = scored.select_columns([S.QUALITY, S.COST]).map_batches(
         _summary_rows, fn_kwargs=dict(allow_skip=allow_skip), batch_size=ROUTE_BATCH, batch_format="pyarrow",
-        num_cpus=0.25,
+        num_cpus=1,  # nothing else runs now: one task per CPU, no extra worker processes to start
     )  # fmt: skip
     for row in summaries.iter_rows():  # one row per batch; the driver keeps one histogram
         hist = np.zeros(B.NBINS)
@@ -220,9 +220,9 @@ def solve_plan(scored, budget: float, summary: B.BudgetSummary | None = None) ->
     bin = B.critical_bin(summary, budget)
     if bin is None:
         return B.solve_lambda(summary, budget, [], [], []), allow_skip
-    found = scored.map_batches(
+    found = scored.select_columns([S.ID, S.QUALITY, S.COST]).map_batches(
         _collect_rows, fn_kwargs=dict(bin=bin, allow_skip=allow_skip), batch_size=ROUTE_BATCH,
-        batch_format="pyarrow", num_cpus=0.25,
+        batch_format="pyarrow", num_cpus=1,
     ).to_arrow_refs()  # fmt: skip
     import ray
 
