@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import contextmanager
 from typing import Sequence
 
 OVERRIDES_HELP = """\
@@ -169,15 +170,22 @@ def _annotator_error(args) -> str | None:
     return None
 
 
+@contextmanager
 def _annotator(args):
-    """The LLM annotator `--annotator llm|distilled` asks for (its engine starts on first use), or None."""
+    """The LLM annotator `--annotator llm|distilled` asks for (its engine starts on first use), or
+    None; its engine is stopped on leaving the block."""
     if args.annotator == "embedding":
-        return None
+        yield None
+        return
     from router.annotate import llm_annotator
 
-    return llm_annotator(args.annotator_weights, encoder=args.encoder, r_cap=args.top, r_know=args.top,
-                         max_tokens=args.annotator_max_tokens, max_model_len=args.annotator_max_model_len,
-                         dtype=args.annotator_dtype)  # fmt: skip
+    annotator = llm_annotator(args.annotator_weights, encoder=args.encoder, r_cap=args.top, r_know=args.top,
+                              max_tokens=args.annotator_max_tokens, max_model_len=args.annotator_max_model_len,
+                              dtype=args.annotator_dtype)  # fmt: skip
+    try:
+        yield annotator
+    finally:
+        annotator.close()
 
 
 def _annotation_line(meta: dict) -> str:
@@ -260,15 +268,11 @@ def _profile(args) -> int:
         return _fail(f"evaluation table {missing!r} not found")
     if msg := _annotator_error(args):
         return _fail(msg)
-    annotator = _annotator(args)
-    try:
+    with _annotator(args) as annotator:
         profiles = profile_from_tables(
             args.eval_table, fmt=args.format, encoder=args.encoder, settings=_settings(args), models=args.models,
             tasks_from_files=args.tasks_from_files, annotator=annotator,
         )  # fmt: skip
-    finally:
-        if annotator is not None:
-            annotator.close()
     profiles.save(args.out)
     print(f"profiles of {len(profiles.models)} models over {len(profiles.domain_names)} knowledge clusters "
           f"written to {args.out}" + _annotation_line(profiles.meta))  # fmt: skip
@@ -321,16 +325,12 @@ def _eval(args) -> int:
         return _fail(f"file {missing!r} not found")
     if msg := _annotator_error(args):
         return _fail(msg)
-    annotator = _annotator(args)
-    try:
+    with _annotator(args) as annotator:
         r = evaluate(
             args.train, args.test, fmt=args.format, prices_path=args.prices, budget_fraction=args.budget_fraction,
             output_tokens=args.output_tokens, binarize=args.binarize, tasks_from_files=args.tasks_from_files,
             encoder=args.encoder, settings=_settings(args), annotator=annotator,
         )  # fmt: skip
-    finally:
-        if annotator is not None:
-            annotator.close()
     print(format_eval(r))
     if args.json:
         with open(args.json, "w") as f:
