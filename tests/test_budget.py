@@ -218,10 +218,11 @@ def bracketed(sample_rows: int) -> Iterator[None]:
             setattr(budget_module, name, value)
 
 
-def assert_valid(quality: np.ndarray, cost: np.ndarray, sol: Any, budget: float, skipping: bool = False) -> None:
-    """Choices are takeable, every takeable row is served unless skipping,
-    totals match, the budget holds, and each row is optimal for Q - lam*C
-    (with skipping: over its models and the skip option)."""
+def assert_served_within_budget(
+    quality: np.ndarray, cost: np.ndarray, sol: Any, budget: float, skipping: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Choices are takeable, every takeable row is served unless skipping, the
+    totals match and the budget holds. Returns the takeable cells and the row indices."""
     ok = feasible_cells(quality, cost)
     rows = np.arange(quality.shape[0])
     chosen = sol.choice >= 0
@@ -231,6 +232,14 @@ def assert_valid(quality: np.ndarray, cost: np.ndarray, sol: Any, budget: float,
     assert sol.total_cost <= budget * (1 + TOL) + TOL
     assert sol.total_cost == pytest.approx(cost[rows[chosen], sol.choice[chosen]].sum(), abs=1e-9)
     assert sol.total_quality == pytest.approx(quality[rows[chosen], sol.choice[chosen]].sum(), abs=1e-9)
+    return ok, rows
+
+
+def assert_valid(quality: np.ndarray, cost: np.ndarray, sol: Any, budget: float, skipping: bool = False) -> None:
+    """Choices are takeable, every takeable row is served unless skipping,
+    totals match, the budget holds, and each row is optimal for Q - lam*C
+    (with skipping: over its models and the skip option)."""
+    ok, rows = assert_served_within_budget(quality, cost, sol, budget, skipping)
     value = np.where(ok, quality - sol.lam * np.where(ok, cost, 0.0), -np.inf)
     for i in rows[ok.any(axis=1)]:
         best = value[i].max()
@@ -845,15 +854,7 @@ def assert_capped_valid(
 ) -> None:
     """Choices are takeable, every takeable row is served unless skipping is
     allowed, the totals match, and the budget and every cap hold."""
-    ok = feasible_cells(quality, cost)
-    rows = np.arange(quality.shape[0])
-    chosen = sol.choice >= 0
-    assert ok[rows[chosen], sol.choice[chosen]].all()
-    if not allow_skip:
-        assert np.array_equal(chosen, ok.any(axis=1))
-    assert sol.total_cost <= budget * (1 + TOL) + TOL
-    assert sol.total_cost == pytest.approx(cost[rows[chosen], sol.choice[chosen]].sum(), abs=1e-9)
-    assert sol.total_quality == pytest.approx(quality[rows[chosen], sol.choice[chosen]].sum(), abs=1e-9)
+    assert_served_within_budget(quality, cost, sol, budget, allow_skip)
     for lim in cap_limits(caps):
         assert usage(cost, sol.choice, lim) <= lim.limit * (1 + TOL) + TOL
     assert sol.bound >= sol.total_quality - 1e-9
