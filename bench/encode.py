@@ -35,16 +35,17 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from router.encode import EmbeddingModel, Tokenizer  # noqa: E402
+from router.encode import EmbeddingModel, Tokenizer, resolve_encoder  # noqa: E402
 
 WORDS = ("what how why explain write solve the a of to in is for function number river history "
          "translate code list capital prove sum energy market law poem").split()  # fmt: skip
 
 
-def prompts(n: int, seed: int = 0) -> list[str]:
-    """Short prompts, 6 to 40 words (about 26 word pieces each)."""
+def prompts(n: int, seed: int = 0, words: tuple[str, ...] | list[str] = WORDS) -> list[str]:
+    """Short synthetic prompts, 6 to 40 words drawn from `words` (about 26 word pieces each); the
+    other benchmarks use them too."""
     rng = np.random.default_rng(seed)
-    return [" ".join(rng.choice(WORDS, k)) + "?" for k in rng.integers(6, 40, n)]
+    return [" ".join(rng.choice(words, k)) + "?" for k in rng.integers(6, 40, n)]
 
 
 def random_minilm(folder: str) -> str:
@@ -167,7 +168,7 @@ def main() -> None:
     def cos(emb: np.ndarray) -> float:
         return float((emb[: len(sample)] * reference).sum(1).min())
 
-    st = SentenceTransformer(_folder(model), device=args.device)
+    st = SentenceTransformer(resolve_encoder(model), device=args.device)
     if cuda:
         st.half()
     st.encode(texts[:512], batch_size=256)  # warm-up
@@ -216,12 +217,6 @@ def main() -> None:
     for name, sec, c in results:
         print(f"{name:78} {len(texts) / sec:>10,.0f} {base / sec:>6.2f}x {'' if c is None else f'{c:.5f}':>8}")
     shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _folder(model: str) -> str:
-    from router.encode import resolve_encoder
-
-    return resolve_encoder(model)
 
 
 if __name__ == "__main__":

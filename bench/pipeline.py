@@ -26,6 +26,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "bench"))
+from encode import prompts  # noqa: E402  (bench/encode.py: the same synthetic prompts)
+
+# A larger vocabulary than the other benchmarks' prompts.
 WORDS = ("what how why explain write solve the a of to in is for function number river history translate code "
          "list capital prove sum energy market law poem mountain protein algebra court novel engine").split()  # fmt: skip
 
@@ -53,11 +57,6 @@ print("RESULT " + json.dumps({"tokens": sum(len(o.outputs[0].token_ids) for o in
 """
 
 
-def prompts(n: int, seed: int = 0) -> list[str]:
-    rng = np.random.default_rng(seed)
-    return [" ".join(rng.choice(WORDS, k)) + "?" for k in rng.integers(6, 40, n)]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=2000)
@@ -82,7 +81,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="router-bench-pipeline-") as d:
         inp = os.path.join(d, "prompts.jsonl")
         with open(inp, "w") as f:
-            for i, p in enumerate(prompts(args.rows)):
+            for i, p in enumerate(prompts(args.rows, words=WORDS)):
                 f.write(json.dumps({"id": f"p{i}", "prompt": p}) + "\n")
         out = os.path.join(d, "out")
         env = {**os.environ, "ROUTER_PROGRESS": "0", "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}

@@ -31,15 +31,8 @@ from router.encode import Encoder, embeddings_to_arrow  # noqa: E402
 from router.inputs import ReadUnits, plan_read, units_as_items  # noqa: E402
 from router.route import Assigner, PoolArrays, Scorer, matrix_from_column  # noqa: E402
 
-WORDS = ("what how why explain write solve the a of to in is for function number river history "
-         "translate code list capital prove sum energy market law poem").split()  # fmt: skip
-
-
-def prompts(n: int, seed: int = 0) -> list[str]:
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(6, 40, n)
-    return [" ".join(rng.choice(WORDS, k)) + "?" for k in lengths]
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from encode import prompts  # noqa: E402  (bench/encode.py: the same synthetic prompts)
 
 def timed(fn):
     t = time.perf_counter()
