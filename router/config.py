@@ -58,6 +58,11 @@ class ModelSpec:
     expected_output_tokens: int | None = None
     """Planning estimate of the answer length in the `expected` budget mode; None uses
     `budget.default_output_tokens`. Capped by max_tokens."""
+    max_rows: int | None = None
+    """At most this many rows go to this model (a rate-limited API, a model on one small GPU);
+    None: no limit. The budget's solver prices the cap (see router.budget, "Caps")."""
+    max_spend: float | None = None
+    """At most this much predicted spend, in USD, on this model (a prepaid allowance); None: no limit."""
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -74,6 +79,13 @@ class ModelSpec:
                 "expected_output_tokens",
                 _positive_int(self.expected_output_tokens, f"models.{self.name}.expected_output_tokens"),
             )
+        if self.max_rows is not None:
+            rows = self.max_rows
+            if isinstance(rows, bool) or not isinstance(rows, (int, float)) or int(rows) != rows or rows < 0:
+                raise ConfigError(f"models.{self.name}.max_rows must be a whole number >= 0 (or null), got {rows!r}")
+            object.__setattr__(self, "max_rows", int(rows))
+        if self.max_spend is not None:
+            object.__setattr__(self, "max_spend", _finite_nonneg(self.max_spend, f"models.{self.name}.max_spend"))
         object.__setattr__(self, "temperature", _finite_nonneg(self.temperature, f"models.{self.name}.temperature"))
         top_p = _finite_nonneg(self.top_p, f"models.{self.name}.top_p")
         if not 0 < top_p <= 1:
@@ -124,6 +136,10 @@ class BudgetSpec:
     upper bound on prompt tokens, so actual spend can never exceed the budget."""
     default_output_tokens: int = 256
     """Answer length assumed in `expected` mode for a model with no estimate of its own."""
+    group_column: str | None = None
+    """Route by group: rows with the same value in this input column (a task, a source, a
+    conversation) all go to one model, chosen for the group's total quality and cost. Rows
+    with no value in it are routed one by one. None: every row is routed on its own."""
 
     def __post_init__(self) -> None:
         try:
@@ -138,6 +154,8 @@ class BudgetSpec:
         object.__setattr__(
             self, "default_output_tokens", _positive_int(self.default_output_tokens, "budget.default_output_tokens")
         )
+        if self.group_column is not None and (not isinstance(self.group_column, str) or not self.group_column):
+            raise ConfigError(f"budget.group_column must be an input column's name (or null), got {self.group_column!r}")
 
 
 @dataclass(frozen=True)

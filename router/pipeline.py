@@ -1,9 +1,14 @@
 """The one place the stages are composed into Ray Data pipelines (DESIGN.md 2).
 
     read -> validate -> encode -> score & cost  (one streaming pass, materialised: N x M floats)
-    budget pass 1: per-batch breakpoint histograms, merged on the driver  -> critical bin
+    budget pass 1: per-batch breakpoint histograms (sent by the scorers), merged -> critical bin
     budget pass 2: the critical bin's exact breakpoints (only when the budget binds) -> lambda*
     assign(lambda*) -> per engine: generate -> write parquet; rows not to generate are written as is
+
+With per-model caps (`models.NAME.max_rows` / `max_spend`) the budget passes are those of
+`router.budget.solve_capped`, reading the scored columns from the object store once per pass;
+with `budget.group_column`, one pass sums quality and cost per group and the driver solves over
+groups. Either way the driver holds summaries (and, for groups, one row per group), not rows.
 
 Each stage's resources are on the line that adds it.
 """
@@ -26,7 +31,9 @@ from router import schema as S
 from router.config import ConfigError, JobConfig, ModelSpec
 from router.inputs import ReadUnits, plan_read, units_as_items
 from router.profiles import load_profiles
-from router.route import Assigner, PoolArrays, Scorer, cost_from_batch, keys_of, matrix_from_column
+from router.route import (
+    Assigner, PoolArrays, RoutePlan, Scorer, cost_from_batch, group_keys, keys_of, matrix_from_column,
+)  # fmt: skip
 
 # Rows per batch for the vectorised stages (score, budget, assign): large enough that numpy's
 # per-call overhead vanishes, small enough to stay in cache-friendly sizes.
@@ -48,7 +55,7 @@ class Phase:
 class RunResult:
     output: str | None
     n_rows: int
-    plan: B.BudgetPlan | None
+    plan: RoutePlan | None
     budget: float
     allow_skip: bool
     phases: list[Phase] = field(default_factory=list)
@@ -234,6 +241,111 @@ def solve_plan(scored, budget: float, summary: B.BudgetSummary | None = None) ->
     return B.solve_lambda(summary, budget, lam, dcost, keys), allow_skip
 
 
+def model_caps(cfg: JobConfig) -> dict[int, B.ModelCap]:
+    """The pool's caps by model column (the scorer's columns follow the config's model order)."""
+    return {
+        i: B.ModelCap(max_rows=m.max_rows, max_cost=m.max_spend)
+        for i, m in enumerate(cfg.models)
+        if m.max_rows is not None or m.max_spend is not None
+    }
+
+
+def group_source(cfg: JobConfig) -> str | None:
+    """The scored column holding `budget.group_column` (the id and text columns are renamed on read)."""
+    col = cfg.budget.group_column
+    return S.ID if col == cfg.id_column else S.PROMPT if col == cfg.text_column else col
+
+
+def _float64_column(x: np.ndarray) -> pa.FixedSizeListArray:
+    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(x, np.float64).ravel()), x.shape[1])
+
+
+def _group_rows(batch: pa.Table, column: str) -> pa.Table:
+    sums = B.group_sums(matrix_from_column(batch[S.QUALITY]), cost_from_batch(batch), group_keys(batch, column))
+    return pa.table({"key": pa.array(sums.keys, pa.string()), "quality": _float64_column(sums.quality),
+                     "cost": _float64_column(sums.cost), "rows": pa.array(sums.rows, pa.float64())})  # fmt: skip
+
+
+def _skip_note(error: Exception) -> None:
+    log(f"{error}; routing with some rows left unanswered (status over_budget) instead")
+
+
+def solve_group_plan(scored, budget: float, column: str, caps: dict[int, B.ModelCap]) -> tuple[B.GroupPlan, bool]:
+    """One pass of per-batch group sums, merged on the driver (one row per group), and the group
+    solve (with the caps, if any)."""
+    import ray
+
+    found = scored.map_batches(
+        _group_rows, fn_kwargs=dict(column=column), batch_size=ROUTE_BATCH, batch_format="pyarrow", num_cpus=1
+    ).to_arrow_refs()  # fmt: skip
+    total: B.GroupSums | None = None
+    for ref in found:
+        t = ray.get(ref)
+        if not t.num_rows:
+            continue
+        part = B.GroupSums(
+            t["key"].to_numpy(zero_copy_only=False).astype(str), matrix_from_column(t["quality"]),
+            matrix_from_column(t["cost"]), t["rows"].to_numpy(),
+        )  # fmt: skip
+        total = B.merge_group_sums([part] if total is None else [total, part])
+    if total is None:  # no row any model can take
+        return B.GroupPlan(np.zeros(0, str), np.zeros(0, np.int64), 0.0, 0.0, 0.0, 0.0), False
+    log(f"group routing: {total.keys.size} groups over {int(total.rows.sum())} routable rows")
+    try:
+        return B.solve_groups(total, budget, caps=caps), False
+    except (B.InfeasibleBudget, B.InfeasibleCaps) as e:
+        _skip_note(e)
+        return B.solve_groups(total, budget, caps=caps, allow_skip=True), True
+
+
+def solve_capped_plan(scored, budget: float, caps: dict[int, B.ModelCap]) -> tuple[B.CappedPlan, bool]:
+    """`router.budget.solve_capped` over the scored rows: each pass reads the id, quality and cost
+    columns (one narrow copy in the object store) block by block; the driver keeps summaries."""
+    import ray
+
+    refs = scored.select_columns([S.ID, S.QUALITY, S.COST]).to_arrow_refs()
+
+    def read():
+        for ref in refs:
+            t = ray.get(ref)
+            if t.num_rows:
+                yield matrix_from_column(t[S.QUALITY]), cost_from_batch(t), keys_of(t)
+
+    try:
+        plan, skip = B.solve_capped(read, budget, caps), False
+    except (B.InfeasibleBudget, B.InfeasibleCaps) as e:
+        _skip_note(e)
+        plan, skip = B.solve_capped(read, budget, caps, allow_skip=True), True
+    log(f"caps solved in {plan.passes} passes over the scored rows; cap prices "
+        + ", ".join(f"{lim.describe()}: {p:.4g}" for lim, p in zip(plan.limits, plan.prices)))  # fmt: skip
+    return plan, skip
+
+
+def solve_route(cfg: JobConfig, scored, n_rows: int, summary: B.BudgetSummary | None) -> tuple[RoutePlan, bool]:
+    """The driver's plan: per row under the budget, under the caps, or per group."""
+    caps = model_caps(cfg)
+    column = group_source(cfg)
+    if column is not None:
+        return solve_group_plan(scored, cfg.budget.total, column, caps)
+    if caps:
+        return solve_capped_plan(scored, cfg.budget.total, caps)
+    # Every row must be in the summary once; if batches were keyed alike (duplicate ids), summarise again.
+    return solve_plan(scored, cfg.budget.total, summary if summary is not None and summary.n_rows == n_rows else None)
+
+
+def check_caps(cfg: JobConfig, by_model: list[dict[str, Any]]) -> None:
+    """Say so if the routed rows break a cap (possible only if ids repeat: rows sharing an id move together)."""
+    for m in cfg.models:
+        row = next((r for r in by_model if r[S.MODEL] == m.name), None)
+        if row is None:
+            continue
+        rows, spend = row["count_all"], row.get(f"{S.PREDICTED_COST}_sum") or 0.0
+        over_spend = m.max_spend is not None and spend > m.max_spend * (1 + 1e-9)
+        if (m.max_rows is not None and rows > m.max_rows) or over_spend:
+            log(f"warning: model {m.name} got {rows} rows, {spend:.6g} USD predicted, over its cap "
+                f"(max_rows {m.max_rows}, max_spend {m.max_spend}); ids in the input repeat?")  # fmt: skip
+
+
 def engine_groups(cfg: JobConfig, weights_of: Callable[[ModelSpec], str]) -> dict[tuple, list[ModelSpec]]:
     """Pool models that share weights and parallelism share one engine pool. The stand-in is one
     tiny model: it never needs tensor parallelism, whatever the model it stands in for."""
@@ -283,7 +395,13 @@ def _check_output(output: str) -> None:
 def validate_job(cfg: JobConfig, *, generate: bool):
     """Everything that can be checked before Ray starts: files, columns, profiles, output."""
     profiles = check_profiles(cfg)
-    plan_read(cfg.input, cfg.text_column, cfg.id_column)
+    _, columns = plan_read(cfg.input, cfg.text_column, cfg.id_column)
+    group = cfg.budget.group_column
+    if group is not None and group not in (*columns, cfg.text_column, cfg.id_column):
+        raise ConfigError(
+            f"budget.group_column {group!r} is not a column of the input (columns: {', '.join(columns)}); "
+            "name one of them, or leave it unset to route every row on its own"
+        )
     if generate:
         _check_output(cfg.output)
     return profiles
@@ -303,8 +421,7 @@ def route(cfg: JobConfig, result: RunResult):
     t0 = time.perf_counter()
     summary = ray.get(sink.get.remote())
     ray.kill(sink)
-    # Every row must be in it once; if batches were keyed alike (duplicate ids), summarise again.
-    plan, allow_skip = solve_plan(scored, cfg.budget.total, summary if summary.n_rows == n else None)
+    plan, allow_skip = solve_route(cfg, scored, n, summary)
     result.plan, result.allow_skip = plan, allow_skip
     result.phases.append(Phase("budget solve", n, time.perf_counter() - t0))
     log(f"budget {cfg.budget.total:.6g} USD: lambda*={plan.lam:.6g}, predicted spend {plan.predicted_cost:.6g} USD "
@@ -318,11 +435,14 @@ def route(cfg: JobConfig, result: RunResult):
             f"({result.phases[-1].seconds:.1f}s)")  # fmt: skip
     t0 = time.perf_counter()
     assigned = scored.map_batches(
-        Assigner, fn_constructor_kwargs=dict(models=cfg.model_names, plan=plan, allow_skip=allow_skip),
+        Assigner, fn_constructor_kwargs=dict(models=cfg.model_names, plan=plan, allow_skip=allow_skip,
+                                             group_column=group_source(cfg)),
         compute=ray_actor_pool(1), batch_size=ROUTE_BATCH, batch_format="pyarrow", num_cpus=0.25,
     ).materialize()  # fmt: skip
     result.phases.append(Phase("assign", n, time.perf_counter() - t0))
     log(f"assigned {n} rows in {result.phases[-1].seconds:.1f}s ({result.phases[-1].rows_per_s:.0f} rows/s)")
+    if model_caps(cfg):
+        check_caps(cfg, tally(assigned)[0])
     return assigned
 
 

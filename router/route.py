@@ -125,25 +125,55 @@ def keys_of(batch: pa.Table) -> np.ndarray:
     return batch[S.ID].to_numpy(zero_copy_only=False).astype(str)
 
 
+def group_keys(batch: pa.Table, column: str) -> np.ndarray:
+    """Each row's group under group routing: "v:" and its value in `column` as text; a row with
+    no value there (null, or a file without the column) is a group of its own, "r:" and its id."""
+    own = pc.binary_join_element_wise("r:", batch[S.ID].cast(pa.string()), "")  # the last argument: separator
+    if column in batch.column_names:
+        values = pc.binary_join_element_wise("v:", batch[column].cast(pa.string()), "")  # null stays null
+        own = pc.if_else(pc.is_null(values), own, values)
+    return own.to_numpy(zero_copy_only=False).astype(str)
+
+
 def cost_from_batch(batch: pa.Table) -> np.ndarray:
     """The batch's predicted cost matrix [N, M] in float64 (NaN: the model cannot take the row)."""
     return matrix_from_column(batch[S.COST]).astype(np.float64)
 
 
-class Assigner:
-    """Ray Data stage: each row's model under the budget plan, with predicted quality and cost."""
+RoutePlan = B.BudgetPlan | B.CappedPlan | B.GroupPlan
+"""What the driver decided: a price (and tie rule), prices under caps, or one model per group."""
 
-    def __init__(self, models: tuple[str, ...], plan: B.BudgetPlan, allow_skip: bool):
+
+class Assigner:
+    """Ray Data stage: each row's model under the driver's plan, with predicted quality and cost."""
+
+    def __init__(self, models: tuple[str, ...], plan: RoutePlan, allow_skip: bool, group_column: str | None = None):
         self.models = models
         self.plan = plan
         self.allow_skip = allow_skip
+        self.group_column = group_column
+        if isinstance(plan, B.GroupPlan):
+            self.skipped = "the budget (or a model's cap) cannot pay for this row's group"
+        elif isinstance(plan, B.CappedPlan):
+            self.skipped = "no model for this row within the budget and the models' caps"
+        else:
+            self.skipped = "the budget cannot pay for this row"
+
+    def choices(self, batch: pa.Table, quality: np.ndarray, cost: np.ndarray) -> np.ndarray:
+        plan = self.plan
+        if isinstance(plan, B.GroupPlan):
+            assert self.group_column is not None
+            return plan.assign(quality, cost, group_keys(batch, self.group_column))
+        if isinstance(plan, B.CappedPlan):
+            return B.assign_capped(quality, cost, plan, keys_of(batch))
+        # Row keys break ties at the critical price only: no plan with a tie key, no keys needed.
+        keys = keys_of(batch) if plan.tie_key is not None else np.broadcast_to(np.str_(""), len(quality))
+        return B.assign(quality, cost, plan, keys, allow_skip=self.allow_skip)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         quality = matrix_from_column(batch[S.QUALITY])
         cost = cost_from_batch(batch)
-        # Row keys break ties at the critical price only: no plan with a tie key, no keys needed.
-        keys = keys_of(batch) if self.plan.tie_key is not None else np.broadcast_to(np.str_(""), len(quality))
-        choice = B.assign(quality, cost, self.plan, keys, allow_skip=self.allow_skip)
+        choice = self.choices(batch, quality, cost)
         chosen = choice >= 0
         rows = np.arange(len(choice))
         safe = np.where(chosen, choice, 0)
@@ -152,7 +182,7 @@ class Assigner:
         status = batch[S.STATUS]
         skipped = pc.and_(pc.equal(status, S.OK), pa.array(~chosen))
         status = pc.if_else(skipped, S.OVER_BUDGET, status)
-        error = pc.if_else(skipped, "the budget cannot pay for this row", batch[S.ERROR])
+        error = pc.if_else(skipped, self.skipped, batch[S.ERROR])
         model = pa.array(list(self.models), pa.string()).take(pa.array(safe))
         model = pc.if_else(pa.array(chosen), model, pa.scalar(None, pa.string()))
         out = batch.drop_columns([S.QUALITY, S.COST, S.STATUS, S.ERROR])

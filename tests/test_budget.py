@@ -36,6 +36,9 @@ from router.budget import (
     row_breakpoints,
     solve_budget,
     solve_budget_groups,
+    solve_groups,
+    group_sums,
+    merge_group_sums,
     solve_capped,
     solve_lambda,
     summarize,
@@ -1135,3 +1138,33 @@ def test_groups_with_caps_against_brute_force(instance: tuple[np.ndarray, np.nda
     for g in range(gq.shape[0]):
         assert len(set(sol.choice[servable][member == g].tolist())) == 1
     assert optimum + TOL >= sol.total_quality >= optimum - (len(limits) + 1) * quality_spread(gq, gc) - TOL
+
+
+@pytest.mark.timeout(60)
+@SETTINGS
+@given(grid_instances(max_rows=12, max_models=3), st.integers(0, 24), st.data())
+def test_streamed_groups_equal_in_memory(instance: tuple[np.ndarray, np.ndarray], step: int, data: Any) -> None:
+    """Per-batch group sums merged on a driver give the in-memory answer, for any split of the rows."""
+    quality, cost = instance
+    n = quality.shape[0]
+    labels = np.array(data.draw(st.lists(st.sampled_from(["a", "b", "c", "d", "e"]), min_size=n, max_size=n)))
+    cuts = sorted(data.draw(st.lists(st.integers(0, n), max_size=4)))
+    gq, gc, _, _, _ = group_instance(quality, cost, labels)
+    cheapest, base = min_and_base_cost(gq, gc)
+    budget = cheapest + (base - cheapest) * step / 16
+    try:
+        expected = solve_budget_groups(quality, cost, labels, budget, allow_skip=step % 2 == 1)
+    except InfeasibleBudget:
+        with pytest.raises(InfeasibleBudget):
+            solve_groups(merge_group_sums([group_sums(quality, cost, labels)]), budget)
+        return
+    bounds = [0, *cuts, n]
+    parts = [group_sums(quality[a:b], cost[a:b], labels[a:b]) for a, b in pairwise(bounds)]
+    plan = solve_groups(merge_group_sums(parts), budget, allow_skip=step % 2 == 1)
+    choice = np.concatenate([plan.assign(quality[a:b], cost[a:b], labels[a:b]) for a, b in pairwise(bounds)])
+    assert np.array_equal(choice, expected.choice)
+    assert plan.predicted_cost == expected.total_cost <= budget + TOL
+    assert plan.predicted_quality == expected.total_quality
+    # Pickled plans travel to Ray workers.
+    again = pickle.loads(pickle.dumps(plan))
+    assert np.array_equal(again.assign(quality, cost, labels), expected.choice)

@@ -35,6 +35,9 @@ def prompts(tmp_path_factory):
         (["budget.mode=soft"], "budget.mode must be expected or hard"),
         (["encoder.backend=tensorrt"], "encoder.backend must be one of auto, torch, onnx, sentence-transformers"),
         (["encoder.tokenizers=-2"], "encoder.tokenizers must be a whole number >= 0"),
+        (["models.gemma-2-9b-it.max_rows=-1"], "models.gemma-2-9b-it.max_rows must be a whole number >= 0"),
+        (["models.gemma-2-9b-it.max_spend=lots"], "models.gemma-2-9b-it.max_spend must be a number"),
+        (["budget.group_column=topic"], "budget.group_column 'topic' is not a column of the input"),
     ],
 )
 def test_bad_config_or_input_fails_in_one_line(prompts, overrides, message):

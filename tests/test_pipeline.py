@@ -133,3 +133,60 @@ def test_the_summary_sent_while_scoring_equals_a_separate_pass(job):
     np.testing.assert_array_equal(sent.counts, separate.counts)
     np.testing.assert_allclose(sent.hist, separate.hist, rtol=1e-12)
     assert solve_plan(scored, cfg.budget.total, sent) == solve_plan(scored, cfg.budget.total)
+
+
+def _planned(cfg, *overrides):
+    from router.pipeline import plan_job
+
+    small = load_config(CONFIG, [f"input={cfg.input}", "output=unused", *SHORT_CONTEXT, *overrides])
+    result, assigned = plan_job(small)
+    return small, result, assigned.take_all()
+
+
+def test_caps_limit_what_one_model_takes(job):
+    """models.NAME.max_rows / max_spend: the capped models stay within their caps, the budget holds,
+    every row is routed once, and the rows the cap pushes off go to other models, not to nowhere."""
+    cfg, rows, result, by_id, _, _ = job
+    counts = {}
+    for r in by_id.values():
+        if r[S.MODEL]:
+            counts[r[S.MODEL]] = counts.get(r[S.MODEL], 0) + 1
+    busiest = max(counts, key=counts.get)
+    cap = counts[busiest] // 2
+    spend_capped = next(m for m in counts if m != busiest)
+    small, capped, planned = _planned(
+        cfg, f"budget.total={cfg.budget.total}", f"models.{busiest}.max_rows={cap}",
+        f"models.{spend_capped}.max_spend=0.00001",
+    )  # fmt: skip
+    assert sorted(r[S.ID] for r in planned) == sorted(r["id"] for r in rows)
+    ok = [r for r in planned if r[S.STATUS] == S.OK]
+    assert len(ok) == len(PROMPTS) + 1  # the budget still covers every routable row
+    assert sum(r[S.MODEL] == busiest for r in ok) <= cap
+    assert sum(r[S.PREDICTED_COST] for r in ok if r[S.MODEL] == spend_capped) <= 0.00001 + 1e-15
+    assert sum(r[S.PREDICTED_COST] for r in ok) <= small.budget.total
+    assert capped.plan.predicted_cost == pytest.approx(sum(r[S.PREDICTED_COST] for r in ok), rel=1e-9)
+
+
+def test_group_routing_gives_each_group_one_model(job, tmp_path):
+    """budget.group_column: rows sharing a value go to one model; rows without one are routed alone."""
+    cfg, _, _, _, _, _ = job
+    topics = ["maths", "code", "facts"]
+    rows = [{"id": f"g{i}", "prompt": p, "topic": topics[i % 3] if i % 5 else None} for i, p in enumerate(PROMPTS)]
+    inp = tmp_path / "grouped.jsonl"
+    inp.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    _, result, planned = _planned(cfg, f"input={inp}", "budget.total=0.0004", "budget.group_column=topic")
+    assert sorted(r[S.ID] for r in planned) == sorted(r["id"] for r in rows)
+    assert [r[S.STATUS] for r in planned] == [S.OK] * len(rows), [r[S.ERROR] for r in planned]
+    by_topic = {}
+    for r in planned:
+        if r["topic"] is not None:
+            by_topic.setdefault(r["topic"], set()).add(r[S.MODEL])
+    assert sorted(by_topic) == sorted(topics) and all(len(models) == 1 for models in by_topic.values())
+    spent = sum(r[S.PREDICTED_COST] for r in planned)
+    assert spent <= 0.0004 and result.plan.predicted_cost == pytest.approx(spent, rel=1e-9)
+    # Too small a budget for whole groups: some groups go unanswered, together, and the rest fit.
+    _, _, tight = _planned(cfg, f"input={inp}", "budget.total=0.00003", "budget.group_column=topic")
+    assert sorted(r[S.ID] for r in tight) == sorted(r["id"] for r in rows)
+    assert sum(r[S.PREDICTED_COST] or 0 for r in tight) <= 0.00003
+    skipped = {r["topic"] for r in tight if r[S.STATUS] == S.OVER_BUDGET and r["topic"] is not None}
+    assert all(r[S.STATUS] == S.OVER_BUDGET for r in tight if r["topic"] in skipped)
