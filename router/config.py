@@ -167,6 +167,9 @@ class GenerationSpec:
     Routing, grouping, token accounting and cost stay real; the answers are noise."""
     batch_size: int = 64
     """Rows handed to an engine per call: vLLM batches them internally."""
+    shard_rows: int = 4096
+    """Rows per committed output file. Finished rows are committed in shards of about this size as
+    they come; a job stopped half-way and run again with the same output resumes after them."""
     dtype: str = "auto"
     """vLLM dtype. The CPU build needs float32 for the stand-ins."""
     device: str = "auto"
@@ -181,6 +184,7 @@ class GenerationSpec:
         if not isinstance(self.standin, bool):
             raise ConfigError(f"generation.standin must be true or false, got {self.standin!r}")
         object.__setattr__(self, "batch_size", _positive_int(self.batch_size, "generation.batch_size"))
+        object.__setattr__(self, "shard_rows", _positive_int(self.shard_rows, "generation.shard_rows"))
 
 
 @dataclass(frozen=True)

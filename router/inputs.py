@@ -202,15 +202,19 @@ def validate(table: pa.Table, unit: ReadUnit, text_column: str, id_column: str) 
 class ReadUnits:
     """Ray Data stage over a dataset of read units: yields the validated rows of each unit."""
 
-    def __init__(self, text_column: str, id_column: str, rows_per_batch: int = 8192):
+    def __init__(self, text_column: str, id_column: str, rows_per_batch: int = 8192, skip_ids: pa.Array | None = None):
         self.text_column = text_column
         self.id_column = id_column
         self.rows_per_batch = rows_per_batch
+        # Rows an earlier run of the job already wrote (resume): left out here, before any work.
+        self.skip_ids = skip_ids if skip_ids is not None and len(skip_ids) else None
 
     def __call__(self, units: pa.Table) -> Iterator[pa.Table]:
         for u in units.to_pylist():
             unit = ReadUnit(**u)
             table = validate(read_table(unit, self.text_column), unit, self.text_column, self.id_column)
+            if self.skip_ids is not None:  # one set lookup per unit (a file or a row group), not per batch
+                table = table.filter(pc.invert(pc.is_in(table[S.ID], value_set=self.skip_ids)))
             for batch in table.to_batches(max_chunksize=self.rows_per_batch):
                 yield pa.Table.from_batches([batch])
 

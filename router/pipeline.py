@@ -15,6 +15,7 @@ Each stage's resources are on the line that adds it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -30,6 +31,7 @@ from router import budget as B
 from router import schema as S
 from router.config import ConfigError, JobConfig, ModelSpec
 from router.inputs import ReadUnits, plan_read, units_as_items
+from router.output import Prior, clear_tmp, commit_shard, committed_files, open_output
 from router.profiles import load_profiles
 from router.route import (
     Assigner, PoolArrays, RoutePlan, Scorer, cost_from_batch, group_keys, keys_of, matrix_from_column,
@@ -64,6 +66,8 @@ class RunResult:
     standin: bool = False
     frontier: dict[str, Any] | None = None
     """Predicted quality against spend over a sweep of budgets (report.predicted_frontier)."""
+    resumed: Prior | None = None
+    """What earlier runs of the job had committed when this one started (None: a fresh start)."""
 
 
 def log(msg: str) -> None:
@@ -136,9 +140,10 @@ def summary_sink():
     return SummarySink.remote()
 
 
-def scored_dataset(cfg: JobConfig, summary_sink=None):
+def scored_dataset(cfg: JobConfig, summary_sink=None, skip_ids: pa.Array | None = None):
     """read -> validate -> encode -> score & cost, materialised once (the text is never re-encoded).
-    With a `summary_sink`, the Scorer sends it the budget summary of every batch."""
+    With a `summary_sink`, the Scorer sends it the budget summary of every batch; rows whose id is
+    in `skip_ids` (written by an earlier run of the job) are left out as they are read."""
     import ray
     from router.encode import Encoder, Tokenize
 
@@ -148,7 +153,7 @@ def scored_dataset(cfg: JobConfig, summary_sink=None):
     on_gpu = cfg.encoder.device == "cuda" or (cfg.encoder.device == "auto" and _gpus_available() > 0)
     ds = ray.data.from_items(units_as_items(units), override_num_blocks=len(units))
     ds = ds.map_batches(
-        ReadUnits, fn_constructor_kwargs=dict(text_column=cfg.text_column, id_column=cfg.id_column),
+        ReadUnits, fn_constructor_kwargs=dict(text_column=cfg.text_column, id_column=cfg.id_column, skip_ids=skip_ids),
         compute=ray.data.ActorPoolStrategy(size=1), batch_size=1, batch_format="pyarrow", num_cpus=0.25,
     )  # fmt: skip
     enc = cfg.encoder
@@ -380,20 +385,8 @@ def finalize(batch: pa.Table, text_column: str) -> pa.Table:
     return batch.select(ordered + list(S.OUTPUT_COLUMNS))
 
 
-def _check_output(output: str) -> None:
-    from router.inputs import filesystem
-    import pyarrow.fs as pafs
-
-    fs, path = filesystem(output)
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.File:
-        raise ConfigError(f"output {output!r} is a file; give a folder")
-    if info.type == pafs.FileType.Directory and fs.get_file_info(pafs.FileSelector(path, recursive=True)):
-        raise ConfigError(f"output {output!r} is not empty; choose a new folder or delete it")
-
-
-def validate_job(cfg: JobConfig, *, generate: bool):
-    """Everything that can be checked before Ray starts: files, columns, profiles, output."""
+def validate_job(cfg: JobConfig):
+    """Everything that can be checked before Ray starts: files, columns, profiles."""
     profiles = check_profiles(cfg)
     _, columns = plan_read(cfg.input, cfg.text_column, cfg.id_column)
     group = cfg.budget.group_column
@@ -402,18 +395,16 @@ def validate_job(cfg: JobConfig, *, generate: bool):
             f"budget.group_column {group!r} is not a column of the input (columns: {', '.join(columns)}); "
             "name one of them, or leave it unset to route every row on its own"
         )
-    if generate:
-        _check_output(cfg.output)
     return profiles
 
 
-def route(cfg: JobConfig, result: RunResult):
+def route(cfg: JobConfig, result: RunResult, skip_ids: pa.Array | None = None):
     """Encode, score and solve the budget; returns the assigned dataset (materialised)."""
     import ray
 
     t0 = time.perf_counter()
     sink = summary_sink()
-    scored = scored_dataset(cfg, sink)
+    scored = scored_dataset(cfg, sink, skip_ids)
     n = scored.count()
     result.n_rows = n
     result.phases.append(Phase("read+encode+score", n, time.perf_counter() - t0))
@@ -511,7 +502,6 @@ def generate_and_write(cfg: JobConfig, assigned, result: RunResult) -> None:
         replicas = max(m.replicas for m in members)
         t0 = time.perf_counter()
         log(f"generate {', '.join(names)}: {n} rows on {replicas} engine(s) of {weights}")
-        before = _written_files(cfg.output)
         out = rows.map_batches(
             VLLMGenerator,
             fn_constructor_kwargs=dict(weights=weights, models=settings, max_model_len=max_len,
@@ -519,50 +509,30 @@ def generate_and_write(cfg: JobConfig, assigned, result: RunResult) -> None:
             compute=ray_actor_pool(replicas), batch_size=cfg.generation.batch_size, batch_format="pyarrow",
             num_gpus=tp if on_gpu else 0, num_cpus=1,
         )  # fmt: skip
-        out = out.map_batches(finalize, fn_kwargs=dict(text_column=cfg.text_column), batch_format="pyarrow",
-                              num_cpus=0.25)  # fmt: skip
-        out.write_parquet(cfg.output)
+        group_spend, errors = write_shards(cfg, out)
         label = names[0] if len(names) == 1 else f"{len(names)} models on one engine"
         result.phases.append(Phase(f"generate ({label})", n, time.perf_counter() - t0))
-        group_spend, errors = _written_spend(cfg.output, _written_files(cfg.output) - before)
         spent += group_spend
         log(f"generate {', '.join(names)}: {n} rows in {result.phases[-1].seconds:.1f}s "
             f"({result.phases[-1].rows_per_s:.3g} rows/s), {group_spend:.6g} USD"
             + (f", {errors} generation errors" if errors else "")
             + f"; spent so far {spent:.6g} USD of {planned:.6g} USD predicted")  # fmt: skip
     rest = assigned.map_batches(_select, fn_kwargs=dict(models=None), batch_format="pyarrow", num_cpus=0.25)
-    rest = rest.map_batches(finalize, fn_kwargs=dict(text_column=cfg.text_column), batch_format="pyarrow",
-                            num_cpus=0.25)  # fmt: skip
-    if rest.count():
-        rest.write_parquet(cfg.output)
+    write_shards(cfg, rest)
 
 
-def _written_files(output: str) -> set[str]:
-    import pyarrow.fs as pafs
-
-    from router.inputs import filesystem
-
-    fs, path = filesystem(output)
-    if fs.get_file_info(path).type != pafs.FileType.Directory:
-        return set()
-    return {e.path for e in fs.get_file_info(pafs.FileSelector(path, recursive=True))
-            if e.type == pafs.FileType.File and not e.base_name.startswith(("_", "."))}  # fmt: skip
-
-
-def _written_spend(output: str, files: set[str]) -> tuple[float, int]:
-    """Actual spend and generation errors of one engine group's rows, read back from the files its
-    write added (two columns): the spend reported is what was written, not an estimate."""
-    import pyarrow.dataset as pads
-
-    from router.inputs import filesystem
-
-    if not files:
-        return 0.0, 0
-    t = pads.dataset(sorted(files), filesystem=filesystem(output)[0], format="parquet").to_table(
-        columns=[S.ACTUAL_COST, S.STATUS]
-    )
-    errors = pc.sum(pc.equal(t[S.STATUS], S.GENERATION_ERROR)).as_py()
-    return float(pc.sum(t[S.ACTUAL_COST]).as_py() or 0.0), int(errors or 0)
+def write_shards(cfg: JobConfig, rows) -> tuple[float, int]:
+    """Finalise the rows and commit them to the output in whole shards of about
+    `generation.shard_rows` rows, as they come; returns their actual spend and generation errors."""
+    out = rows.map_batches(finalize, fn_kwargs=dict(text_column=cfg.text_column), batch_format="pyarrow",
+                           num_cpus=0.25)  # fmt: skip
+    done = out.map_batches(commit_shard, fn_kwargs=dict(output=cfg.output), batch_size=cfg.generation.shard_rows,
+                           batch_format="pyarrow", num_cpus=0.25)  # fmt: skip
+    spend, errors = 0.0, 0
+    for part in done.iter_rows():
+        spend += part["spend"]
+        errors += part["errors"]
+    return spend, errors
 
 
 TALLY_SUMS = (S.PREDICTED_COST, S.ACTUAL_COST, S.INPUT_TOKENS, S.OUTPUT_TOKENS, S.PREDICTED_QUALITY)
@@ -593,14 +563,17 @@ def summarize_output(cfg: JobConfig, result: RunResult) -> None:
     """Rows, spend and tokens per model and per status, read back from what was written."""
     import ray
 
-    written = ray.data.read_parquet(cfg.output).select_columns([S.MODEL, S.STATUS, *TALLY_SUMS])
+    from router.inputs import filesystem
+
+    written = ray.data.read_parquet(committed_files(cfg.output), filesystem=filesystem(cfg.output)[0])
+    written = written.select_columns([S.MODEL, S.STATUS, *TALLY_SUMS])
     result.by_model, result.by_status = tally(written)
     result.n_rows = sum(result.by_status.values())
 
 
 def plan_job(cfg: JobConfig) -> tuple[RunResult, Any]:
     """Route only: the assignment and predicted spend. Returns the result and the assigned dataset."""
-    validate_job(cfg, generate=False)
+    validate_job(cfg)
     init_ray(cfg)
     result = RunResult(output=None, n_rows=0, plan=None, budget=cfg.budget.total, allow_skip=False)
     assigned = route(cfg, result)
@@ -610,12 +583,21 @@ def plan_job(cfg: JobConfig) -> tuple[RunResult, Any]:
 
 def run_job(cfg: JobConfig) -> RunResult:
     """Route and generate; writes the output folder and its report."""
-    validate_job(cfg, generate=True)
+    validate_job(cfg)
+    prior = open_output(cfg)
     init_ray(cfg)
     result = RunResult(output=cfg.output, n_rows=0, plan=None, budget=cfg.budget.total, allow_skip=False,
-                       standin=cfg.generation.standin)  # fmt: skip
-    assigned = route(cfg, result)
-    generate_and_write(cfg, assigned, result)
+                       standin=cfg.generation.standin, resumed=prior)  # fmt: skip
+    todo = cfg
+    if prior is not None:
+        # The budget holds over every run of the job: this one gets what the earlier ones left.
+        left = max(0.0, cfg.budget.total - prior.spend)
+        todo = dataclasses.replace(cfg, budget=dataclasses.replace(cfg.budget, total=left))
+        log(f"resuming: {prior.rows} rows already written in {prior.files} shards ({prior.spend:.6g} USD spent); "
+            f"routing the rest with {left:.6g} USD")  # fmt: skip
+    assigned = route(todo, result, None if prior is None else prior.ids)
+    generate_and_write(todo, assigned, result)
+    clear_tmp(cfg.output)
     summarize_output(cfg, result)
     from router.report import write_report
 

@@ -92,6 +92,7 @@ def _with_chosen(frontier: dict[str, Any] | None, by_model, budget) -> dict[str,
 
 def report_dict(cfg: JobConfig, result) -> dict[str, Any]:
     plan = result.plan
+    prior = getattr(result, "resumed", None)  # rows earlier runs of the job had written
     return {
         "input": cfg.input,
         "output": result.output,
@@ -99,7 +100,11 @@ def report_dict(cfg: JobConfig, result) -> dict[str, Any]:
         "budget_usd": None if math.isinf(result.budget) else result.budget,
         "budget_mode": cfg.budget.mode,
         "lambda": None if plan is None else plan.lam,
-        "predicted_spend_usd": None if plan is None else plan.predicted_cost,
+        # Resumed: what the earlier runs spent plus this run's plan (which had only the rest of the budget).
+        "predicted_spend_usd": None if plan is None else plan.predicted_cost + (prior.spend if prior else 0.0),
+        "resumed": None if prior is None else {
+            "rows": prior.rows, "shards": prior.files, "spend_usd": prior.spend, "predicted_usd": prior.predicted,
+        },  # fmt: skip
         "actual_spend_usd": sum((r.get(f"{S.ACTUAL_COST}_sum") or 0.0) for r in result.by_model),
         "rows_skipped_for_budget": result.by_status.get(S.OVER_BUDGET, 0),
         "statuses": result.by_status,
@@ -135,6 +140,10 @@ def format_summary(cfg: JobConfig, result) -> str:
     lines.append(f"rows: {d['rows']}   budget: {budget} ({d['budget_mode']})   "
                  f"predicted spend: {_usd(d['predicted_spend_usd'])} USD" +
                  (f"   actual spend: {_usd(d['actual_spend_usd'])} USD" if ran else ""))  # fmt: skip
+    if d.get("resumed"):
+        r = d["resumed"]
+        lines.append(f"resumed: {r['rows']} rows were written by earlier runs ({_usd(r['spend_usd'])} USD); "
+                     "this run routed the rest with what was left of the budget")  # fmt: skip
     lines.append("statuses: " + ", ".join(f"{k}={v}" for k, v in sorted(d["statuses"].items())))
     header = f"{'model':34} {'rows':>7} {'predicted USD':>14}"
     if ran:

@@ -33,3 +33,21 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"evaluation data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def unshare_works() -> str | None:
+    """None when a private PID namespace can be made here (killing its first process ends every
+    process in it, Ray's included), else why not."""
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None:
+        return "the `unshare` command is not installed"
+    try:
+        r = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "true"],
+                           capture_output=True, text=True, timeout=30)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"`unshare` failed: {e}"
+    if r.returncode != 0:
+        return f"`unshare --pid --fork --mount-proc` is not permitted here: {r.stderr.strip()}"
+    return None

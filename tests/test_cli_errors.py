@@ -65,3 +65,11 @@ def test_help_explains_the_commands():
     assert r.returncode == 0 and "plan" in r.stdout and "run" in r.stdout and "profile" in r.stdout
     r = run_cli("run", "--help")
     assert r.returncode == 0 and "budget.total" in r.stdout and "output" in r.stdout
+
+
+def test_an_output_holding_another_job_is_refused(prompts, tmp_path):
+    """Resuming needs the same job: a folder with a different job's manifest is not written into."""
+    (tmp_path / "_job.json").write_text(json.dumps({"input": "elsewhere.jsonl"}))
+    r = run_cli("run", CONFIG, f"input={prompts}", f"output={tmp_path}")
+    assert r.returncode != 0 and "holds another job" in r.stderr and "Traceback" not in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["_job.json"]

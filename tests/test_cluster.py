@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import unshare_works
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER_YAML = ROOT / "cluster.yaml"
@@ -214,20 +215,6 @@ def test_rayjob_groups_fit_the_open9_pool(rayjob):
 # the real thing: ray start --head, ray job submit, ray stop
 
 
-def _unshare_works() -> str | None:
-    """None when a private PID namespace can be made here, else why not."""
-    if shutil.which("unshare") is None:
-        return "the `unshare` command is not installed"
-    try:
-        r = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "true"],
-                           capture_output=True, text=True, timeout=30)  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"`unshare` failed: {e}"
-    if r.returncode != 0:
-        return f"`unshare --pid --fork --mount-proc` is not permitted here: {r.stderr.strip()}"
-    return None
-
-
 def _free_ports(n: int) -> list[int]:
     socks = []
     try:
@@ -304,7 +291,7 @@ def _tail(path: Path, n: int = 60) -> str:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_plan_and_run_jobs_on_a_real_head_with_ray_job_submit():
-    why_not = _unshare_works()
+    why_not = unshare_works()
     if why_not:
         pytest.skip(why_not + "; `ray stop` must not run outside a private PID namespace")
     import pyarrow.dataset as pads

@@ -1,0 +1,163 @@
+"""The output folder: whole shards committed as they finish, and resuming a job that stopped.
+
+    OUTPUT/
+      _job.json            what the job is (input, pool, budget, profiles): a rerun must match it
+      part-<hex>.parquet   committed shards: each written under _tmp/, then moved into place
+      _tmp/                shards being written (a killed job may leave some; they never count)
+      _report.json         written at the end
+
+Running a job again with the same output folder resumes it: rows whose ids are in a committed
+shard are not read again, the rest are routed with what is left of the budget (the budget minus
+the actual spend already committed), so every row is written once and, in the `hard` budget mode,
+the actual spend of all runs together stays within the budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from router import schema as S
+from router.config import ConfigError, JobConfig
+
+MANIFEST = "_job.json"
+TMP = "_tmp"
+SHARD_PREFIX = "part-"
+
+
+def _fs(output: str):
+    from router.inputs import filesystem
+
+    fs, path = filesystem(output)
+    return fs, path.rstrip("/")
+
+
+def job_identity(cfg: JobConfig) -> dict[str, Any]:
+    """What must not change between a job and its resumption: whatever decides a row's route,
+    answer or cost. Replicas, batch sizes, devices and the encoder backend may change."""
+    models = [
+        {k: v for k, v in dataclasses.asdict(m).items() if k not in ("replicas", "tensor_parallel")}
+        for m in cfg.models
+    ]
+    return {
+        "input": cfg.input,
+        "text_column": cfg.text_column,
+        "id_column": cfg.id_column,
+        "task_column": cfg.task_column,
+        "profiles": cfg.profiles,
+        "encoder": cfg.encoder.model,
+        "budget": dataclasses.asdict(cfg.budget),
+        "standin": cfg.generation.standin,
+        "models": models,
+    }
+
+
+@dataclass(frozen=True)
+class Prior:
+    """What earlier runs of this job committed."""
+
+    files: int
+    rows: int
+    ids: pa.Array
+    """The committed rows' ids (strings), to leave out of this run."""
+    spend: float
+    """Their actual spend, USD."""
+    predicted: float
+    """Their predicted spend, USD."""
+
+
+def committed_files(output: str) -> list[str]:
+    """The committed shards (paths on the output's filesystem), sorted."""
+    import pyarrow.fs as pafs
+
+    fs, path = _fs(output)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    return sorted(
+        e.path
+        for e in fs.get_file_info(pafs.FileSelector(path, recursive=False))
+        if e.type == pafs.FileType.File and e.base_name.startswith(SHARD_PREFIX) and e.base_name.endswith(".parquet")
+    )
+
+
+def open_output(cfg: JobConfig) -> Prior | None:
+    """Before a run: a new or empty output folder gets the job's manifest (None: nothing done yet);
+    one holding this same job's shards gives what they hold (resume). Anything else is an error."""
+    import pyarrow.fs as pafs
+
+    fs, path = _fs(cfg.output)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        raise ConfigError(f"output {cfg.output!r} is a file; give a folder")
+    identity = json.loads(json.dumps(job_identity(cfg), default=str))
+    manifest = f"{path}/{MANIFEST}"
+    if info.type == pafs.FileType.Directory and fs.get_file_info(pafs.FileSelector(path, recursive=True)):
+        if fs.get_file_info(manifest).type != pafs.FileType.File:
+            raise ConfigError(f"output {cfg.output!r} is not empty and holds no router job; choose a new folder")
+        with fs.open_input_stream(manifest) as f:
+            earlier = json.loads(f.read())
+        if earlier != identity:
+            changed = sorted(k for k in identity.keys() | earlier.keys() if identity.get(k) != earlier.get(k))
+            raise ConfigError(
+                f"output {cfg.output!r} holds another job (it differs in: {', '.join(changed)}); to resume that "
+                "job run it with the same settings, else choose a new folder"
+            )
+        return read_prior(cfg.output)
+    fs.create_dir(path, recursive=True)
+    with fs.open_output_stream(manifest) as f:
+        f.write(json.dumps(identity, indent=1).encode())
+    return None
+
+
+def read_prior(output: str) -> Prior | None:
+    """The ids and spend of the committed shards; shards left half-written are cleared away."""
+    import pyarrow.dataset as pads
+
+    fs, path = _fs(output)
+    clear_tmp(output)
+    files = committed_files(output)
+    if not files:
+        return None
+    t = pads.dataset(files, filesystem=fs, format="parquet").to_table(
+        columns=[S.ID, S.ACTUAL_COST, S.PREDICTED_COST]
+    )
+    return Prior(
+        files=len(files),
+        rows=t.num_rows,
+        ids=t[S.ID].combine_chunks().cast(pa.string()),
+        spend=float(pc.sum(t[S.ACTUAL_COST]).as_py() or 0.0),
+        predicted=float(pc.sum(t[S.PREDICTED_COST]).as_py() or 0.0),
+    )
+
+
+def clear_tmp(output: str) -> None:
+    import pyarrow.fs as pafs
+
+    fs, path = _fs(output)
+    if fs.get_file_info(f"{path}/{TMP}").type == pafs.FileType.Directory:
+        fs.delete_dir(f"{path}/{TMP}")
+
+
+def commit_shard(batch: pa.Table, output: str) -> pa.Table:
+    """Ray Data stage: write the batch as one shard, under a temporary name first and then moved into
+    place, so the folder only ever holds whole shards. Returns one row: rows, spend, errors."""
+    import pyarrow.parquet as pq
+
+    fs, path = _fs(output)
+    name = f"{SHARD_PREFIX}{uuid.uuid4().hex}.parquet"
+    fs.create_dir(f"{path}/{TMP}", recursive=True)
+    with fs.open_output_stream(f"{path}/{TMP}/{name}") as f:
+        pq.write_table(batch, f)
+    fs.move(f"{path}/{TMP}/{name}", f"{path}/{name}")
+    errors = pc.sum(pc.equal(batch[S.STATUS], S.GENERATION_ERROR)).as_py() if batch.num_rows else 0
+    return pa.table({
+        "rows": [batch.num_rows],
+        "spend": [float(pc.sum(batch[S.ACTUAL_COST]).as_py() or 0.0) if batch.num_rows else 0.0],
+        "errors": [int(errors or 0)],
+    })  # fmt: skip
