@@ -343,12 +343,12 @@ def _eval(args) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from router.budget import InfeasibleBudget
-    from router.config import ConfigError
+    from router.config import ConfigError, JobFailed
 
     try:
         commands = {"plan": _plan, "run": _run, "report": _report, "profile": _profile, "eval": _eval}
         return commands[args.command](args)
-    except (ConfigError, InfeasibleBudget, FileNotFoundError) as e:
+    except (ConfigError, JobFailed, InfeasibleBudget, FileNotFoundError) as e:
         return _fail(str(e))
     except ImportError as e:
         return _fail(f"missing package: {e}")

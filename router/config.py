@@ -17,6 +17,10 @@ class ConfigError(ValueError):
     """A mistake in the configuration or the command line that the user can fix."""
 
 
+class JobFailed(RuntimeError):
+    """The job cannot go on (e.g. an engine did not start); the message says which and why, in one line."""
+
+
 def _finite_nonneg(value: Any, what: str) -> float:
     try:
         value = float(value)
@@ -175,10 +179,24 @@ class GenerationSpec:
     device: str = "auto"
     """`cuda`: engines ask Ray for GPUs (tensor_parallel each), which lets an autoscaling cluster
     start GPU nodes; `cpu`: vLLM's CPU build; `auto`: cuda if the cluster has GPUs right now."""
+    engine_retries: int = 3
+    """When an engine dies (its process killed, out of memory), Ray starts a new engine actor and
+    retries the batch, at most this many times per actor and per batch; then the rows of that
+    engine group not yet written get status generation_error and the job goes on."""
+    start_timeout_s: float = 1800
+    """Longest wait for a stage's actors (an engine: its GPUs, node start and model load) before
+    the job fails with a message saying so, instead of waiting forever."""
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"generation.device must be auto, cpu or cuda, got {self.device!r}")
+        retries = self.engine_retries
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ConfigError(f"generation.engine_retries must be a whole number >= 0, got {retries!r}")
+        timeout = _finite_nonneg(self.start_timeout_s, "generation.start_timeout_s")
+        if timeout < 1:
+            raise ConfigError(f"generation.start_timeout_s must be at least 1 (seconds), got {self.start_timeout_s!r}")
+        object.__setattr__(self, "start_timeout_s", timeout)
         if self.backend != "vllm":
             raise ConfigError(f"generation.backend must be vllm, got {self.backend!r}")
         if not isinstance(self.standin, bool):

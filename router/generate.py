@@ -77,6 +77,19 @@ class _Result:
     error: str | None = None
 
 
+class EngineStartError(RuntimeError):
+    """The engine could not be built: bad weights path, not enough memory, unsupported model..."""
+
+    MARK = "could not start"
+
+    def __init__(self, weights: str, reason: str) -> None:
+        self.weights, self.reason = weights, reason
+        super().__init__(f"the vLLM engine for {weights!r} {self.MARK}: {reason}")
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return (type(self), (self.weights, self.reason))
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or "no message"
     return f"{type(exc).__name__}: {text}"
@@ -115,7 +128,10 @@ class VLLMGenerator:
         }
         kwargs.update(engine_kwargs or {})
         self._sampling_params_cls = vllm.SamplingParams
-        self._llm = vllm.LLM(**kwargs)
+        try:
+            self._llm = vllm.LLM(**kwargs)
+        except Exception as exc:  # the job reports it in one line (pipeline.generate_and_write)
+            raise EngineStartError(weights, _one_line(exc)[:2000]) from exc
         self._tokenizer = self._llm.get_tokenizer()
         self._max_model_len: int = self._llm.llm_engine.model_config.max_model_len
         self._use_chat_template = bool(getattr(self._tokenizer, "chat_template", None))
@@ -232,6 +248,12 @@ class VLLMGenerator:
                 use_tqdm=False,
             )
         except Exception as exc:
+            if type(exc).__name__ == "EngineDeadError":
+                # The engine's own process died (killed, out of memory): nothing more can run here.
+                # Ending this actor lets Ray start a new one, with a new engine, and retry the batch
+                # (a bounded number of times: generation.engine_retries).
+                print(f"[router] engine died ({_one_line(exc)}); ending this engine actor", flush=True)
+                os._exit(70)
             if len(rows) == 1:
                 only = rows[0]
                 results[only] = _Result(input_tokens=len(token_ids[only]), error=_one_line(exc))

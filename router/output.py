@@ -102,13 +102,16 @@ def open_output(cfg: JobConfig) -> Prior | None:
             raise ConfigError(f"output {cfg.output!r} is not empty and holds no router job; choose a new folder")
         with fs.open_input_stream(manifest) as f:
             earlier = json.loads(f.read())
-        if earlier != identity:
+        if earlier != identity and committed_files(cfg.output):
             changed = sorted(k for k in identity.keys() | earlier.keys() if identity.get(k) != earlier.get(k))
             raise ConfigError(
                 f"output {cfg.output!r} holds another job (it differs in: {', '.join(changed)}); to resume that "
                 "job run it with the same settings, else choose a new folder"
             )
-        return read_prior(cfg.output)
+        if earlier == identity:
+            return read_prior(cfg.output)
+        # Nothing was written under the old settings (say, an engine that could not start): start afresh.
+        clear_tmp(cfg.output)
     fs.create_dir(path, recursive=True)
     with fs.open_output_stream(manifest) as f:
         f.write(json.dumps(identity, indent=1).encode())
@@ -144,9 +147,15 @@ def clear_tmp(output: str) -> None:
         fs.delete_dir(f"{path}/{TMP}")
 
 
-def commit_shard(batch: pa.Table, output: str) -> pa.Table:
+# After raising a fence, the driver waits this long for shards that passed it to land.
+FENCE_GRACE_S = 5.0
+
+
+def commit_shard(batch: pa.Table, output: str, fence: str | None = None) -> pa.Table:
     """Ray Data stage: write the batch as one shard, under a temporary name first and then moved into
-    place, so the folder only ever holds whole shards. Returns one row: rows, spend, errors."""
+    place, so the folder only ever holds whole shards. Once the driver has raised `fence` (see
+    `raise_fence`), shards are dropped instead of committed. Returns one row: rows, spend, errors."""
+    import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
     fs, path = _fs(output)
@@ -154,6 +163,9 @@ def commit_shard(batch: pa.Table, output: str) -> pa.Table:
     fs.create_dir(f"{path}/{TMP}", recursive=True)
     with fs.open_output_stream(f"{path}/{TMP}/{name}") as f:
         pq.write_table(batch, f)
+    if fence is not None and fs.get_file_info(f"{path}/{TMP}/{fence}").type != pafs.FileType.NotFound:
+        fs.delete_file(f"{path}/{TMP}/{name}")
+        return pa.table({"rows": [0], "spend": [0.0], "errors": [0]})
     fs.move(f"{path}/{TMP}/{name}", f"{path}/{name}")
     errors = pc.sum(pc.equal(batch[S.STATUS], S.GENERATION_ERROR)).as_py() if batch.num_rows else 0
     return pa.table({
@@ -161,3 +173,15 @@ def commit_shard(batch: pa.Table, output: str) -> pa.Table:
         "spend": [float(pc.sum(batch[S.ACTUAL_COST]).as_py() or 0.0) if batch.num_rows else 0.0],
         "errors": [int(errors or 0)],
     })  # fmt: skip
+
+
+def raise_fence(output: str, fence: str) -> None:
+    """Stop the commits of a failed pass (tasks Ray has not stopped yet may still be writing): after
+    this returns, none of them commits a shard, so the committed ids can be read and trusted."""
+    import time
+
+    fs, path = _fs(output)
+    fs.create_dir(f"{path}/{TMP}", recursive=True)
+    with fs.open_output_stream(f"{path}/{TMP}/{fence}") as f:
+        f.write(b"")
+    time.sleep(FENCE_GRACE_S)  # a shard that passed the check before the fence was up lands meanwhile

@@ -20,7 +20,9 @@ import math
 import os
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
@@ -29,9 +31,9 @@ import pyarrow.compute as pc
 
 from router import budget as B
 from router import schema as S
-from router.config import ConfigError, JobConfig, ModelSpec
+from router.config import ConfigError, JobConfig, JobFailed, ModelSpec
 from router.inputs import ReadUnits, plan_read, units_as_items
-from router.output import Prior, clear_tmp, commit_shard, committed_files, open_output
+from router.output import Prior, clear_tmp, commit_shard, committed_files, open_output, raise_fence, read_prior
 from router.profiles import load_profiles
 from router.route import (
     Assigner, PoolArrays, RoutePlan, Scorer, cost_from_batch, group_keys, keys_of, matrix_from_column,
@@ -70,6 +72,53 @@ class RunResult:
     """What earlier runs of the job had committed when this one started (None: a fresh start)."""
 
 
+def engine_failure(error: Exception, names: list[str], weights: str, timeout: float) -> JobFailed | None:
+    """The one-line reason an engine pool failed, if it failed to start (else None: not ours to explain).
+    Ray wraps the engine's own error in its actor-death errors, so it is found in the text."""
+    import re
+
+    from router.generate import EngineStartError
+
+    text = str(error)
+    found = re.search(rf"the vLLM engine for .*? {EngineStartError.MARK}: [^\n]*", text)
+    which = f"generate {', '.join(names)}"
+    if found:
+        return JobFailed(f"{which}: {found.group(0)}")
+    if "Timed out while starting actors" in text:
+        return JobFailed(
+            f"{which}: the engine(s) for {weights!r} did not start within {timeout:g} s "
+            "(generation.start_timeout_s): the cluster may not have the GPUs, CPUs or memory they ask for"
+        )
+    return None
+
+
+def engine_died(error: Exception) -> bool:
+    """Whether a generation pass failed because its engine actors died (after Ray's retries)."""
+    import ray
+
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, ray.exceptions.RayActorError):
+            return True
+        cause = cause.__cause__
+    return "actor died" in str(error).lower()
+
+
+def engine_restarts(cfg: JobConfig) -> dict[str, Any]:
+    """Ray options of each engine actor: a dead engine is replaced and its batch retried, a bounded
+    number of times (Ray Data's default is forever)."""
+    n = cfg.generation.engine_retries
+    return {"max_restarts": n, "max_task_retries": n}
+
+
+def _mark_failed(batch: pa.Table, done: pa.Array, message: str) -> pa.Table:
+    """The rows not written yet (id not in `done`), marked generation_error with `message`."""
+    batch = batch.filter(pc.invert(pc.is_in(batch[S.ID], value_set=done)))
+    n = batch.num_rows
+    batch = batch.set_column(batch.schema.get_field_index(S.STATUS), S.STATUS, pa.array([S.GENERATION_ERROR] * n))
+    return batch.set_column(batch.schema.get_field_index(S.ERROR), S.ERROR, pa.array([message] * n, pa.string()))
+
+
 def log(msg: str) -> None:
     print(f"[router] {msg}", flush=True)
 
@@ -86,6 +135,9 @@ def init_ray(cfg: JobConfig) -> None:
         kwargs["include_dashboard"] = False
     ray.init(address=cfg.ray_address, **kwargs)
     ctx = ray.data.DataContext.get_current()
+    # An actor pool whose actors cannot start (no node has the GPUs asked for) fails the job
+    # after this long, instead of waiting forever.
+    ctx.wait_for_min_actors_s = max(1, int(cfg.generation.start_timeout_s))
     ctx.enable_progress_bars = os.environ.get("ROUTER_PROGRESS", "1") == "1"
     # Without a terminal, per-operator bars become a log block every few seconds: keep the total.
     ctx.enable_operator_progress_bars = sys.stdout.isatty()
@@ -502,17 +554,40 @@ def generate_and_write(cfg: JobConfig, assigned, result: RunResult) -> None:
         replicas = max(m.replicas for m in members)
         t0 = time.perf_counter()
         log(f"generate {', '.join(names)}: {n} rows on {replicas} engine(s) of {weights}")
-        out = rows.map_batches(
+        # Blocks of one engine call each: an actor task then answers one batch and hands it on, so
+        # answers stream to the writer (and are committed) as they come, and replicas share the work.
+        out = rows.repartition(target_num_rows_per_block=cfg.generation.batch_size).map_batches(
             VLLMGenerator,
             fn_constructor_kwargs=dict(weights=weights, models=settings, max_model_len=max_len,
                                        tensor_parallel_size=tp, dtype=dtype),
             compute=ray_actor_pool(replicas), batch_size=cfg.generation.batch_size, batch_format="pyarrow",
-            num_gpus=tp if on_gpu else 0, num_cpus=1,
+            num_gpus=tp if on_gpu else 0, num_cpus=1, ray_remote_args_fn=partial(engine_restarts, cfg),
         )  # fmt: skip
-        group_spend, errors = write_shards(cfg, out)
+        fence = f"fence-{uuid.uuid4().hex}"
+        try:
+            group_spend, errors = write_shards(cfg, out, fence)
+        except Exception as e:
+            failed = engine_failure(e, names, weights, cfg.generation.start_timeout_s)
+            if failed is not None:
+                raise failed from None
+            if not engine_died(e):
+                raise
+            # Its engines kept dying: what this group had not written is marked, and the job goes on.
+            message = (f"the engine for {weights!r} died more than generation.engine_retries="
+                       f"{cfg.generation.engine_retries} times while answering; not retried further")  # fmt: skip
+            log(f"generate {', '.join(names)}: {message}; marking the rows not yet written")
+            raise_fence(cfg.output, fence)
+            written = read_prior(cfg.output)
+            done = written.ids if written is not None else pa.array([], pa.string())
+            marked = rows.map_batches(_mark_failed, fn_kwargs=dict(done=done, message=message),
+                                      batch_format="pyarrow", num_cpus=0.25)  # fmt: skip
+            _, errors = write_shards(cfg, marked)
+            group_spend = math.nan  # the part written before the engines died is in the job's total
+            spent = written.spend if written is not None else 0.0
         label = names[0] if len(names) == 1 else f"{len(names)} models on one engine"
         result.phases.append(Phase(f"generate ({label})", n, time.perf_counter() - t0))
-        spent += group_spend
+        if not math.isnan(group_spend):
+            spent += group_spend
         log(f"generate {', '.join(names)}: {n} rows in {result.phases[-1].seconds:.1f}s "
             f"({result.phases[-1].rows_per_s:.3g} rows/s), {group_spend:.6g} USD"
             + (f", {errors} generation errors" if errors else "")
@@ -521,12 +596,14 @@ def generate_and_write(cfg: JobConfig, assigned, result: RunResult) -> None:
     write_shards(cfg, rest)
 
 
-def write_shards(cfg: JobConfig, rows) -> tuple[float, int]:
+def write_shards(cfg: JobConfig, rows, fence: str | None = None) -> tuple[float, int]:
     """Finalise the rows and commit them to the output in whole shards of about
-    `generation.shard_rows` rows, as they come; returns their actual spend and generation errors."""
+    `generation.shard_rows` rows, as they come; returns their actual spend and generation errors.
+    `fence`: see `router.output.raise_fence`."""
     out = rows.map_batches(finalize, fn_kwargs=dict(text_column=cfg.text_column), batch_format="pyarrow",
                            num_cpus=0.25)  # fmt: skip
-    done = out.map_batches(commit_shard, fn_kwargs=dict(output=cfg.output), batch_size=cfg.generation.shard_rows,
+    done = out.map_batches(commit_shard, fn_kwargs=dict(output=cfg.output, fence=fence),
+                           batch_size=cfg.generation.shard_rows,
                            batch_format="pyarrow", num_cpus=0.25)  # fmt: skip
     spend, errors = 0.0, 0
     for part in done.iter_rows():

@@ -93,6 +93,10 @@ def test_spend_stays_under_the_budget(job):
     actual = sum(r[S.ACTUAL_COST] or 0 for r in out)
     assert predicted <= cfg.budget.total
     assert actual <= predicted  # hard mode plans with upper bounds on every token count
+    # ... and this holds on answers that run to max_tokens, the most a row can cost.
+    limits = {m.name: m.max_tokens for m in cfg.models}
+    full = [r for r in out if r[S.FINISH_REASON] == "length" and r[S.OUTPUT_TOKENS] == limits[r[S.MODEL]]]
+    assert len(full) >= len(out) // 4
     # The budget binds: the plan is not simply every row's best model.
     assert result.plan.lam > 0 and len({r[S.MODEL] for r in out if r[S.MODEL]}) > 1
     report = json.loads((d / "out" / "_report.json").read_text())
