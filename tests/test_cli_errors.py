@@ -68,8 +68,9 @@ def test_help_explains_the_commands():
 
 
 def test_an_output_holding_another_job_is_refused(prompts, tmp_path):
-    """Resuming needs the same job: a folder with a different job's manifest is not written into."""
+    """Resuming needs the same job: a folder holding a different job's answers is not written into."""
     (tmp_path / "_job.json").write_text(json.dumps({"input": "elsewhere.jsonl"}))
+    (tmp_path / "part-0.parquet").write_bytes(b"")
     r = run_cli("run", CONFIG, f"input={prompts}", f"output={tmp_path}")
     assert r.returncode != 0 and "holds another job" in r.stderr and "Traceback" not in r.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["_job.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["_job.json", "part-0.parquet"]
