@@ -158,6 +158,8 @@ def commit_shard(batch: pa.Table, output: str, fence: str | None = None) -> pa.T
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
+    if not batch.num_rows:  # what a filter left of a block: nothing to commit
+        return pa.table({"rows": [0], "spend": [0.0], "errors": [0]})
     fs, path = _fs(output)
     name = f"{SHARD_PREFIX}{uuid.uuid4().hex}.parquet"
     fs.create_dir(f"{path}/{TMP}", recursive=True)
@@ -167,10 +169,10 @@ def commit_shard(batch: pa.Table, output: str, fence: str | None = None) -> pa.T
         fs.delete_file(f"{path}/{TMP}/{name}")
         return pa.table({"rows": [0], "spend": [0.0], "errors": [0]})
     fs.move(f"{path}/{TMP}/{name}", f"{path}/{name}")
-    errors = pc.sum(pc.equal(batch[S.STATUS], S.GENERATION_ERROR)).as_py() if batch.num_rows else 0
+    errors = pc.sum(pc.equal(batch[S.STATUS], S.GENERATION_ERROR)).as_py()
     return pa.table({
         "rows": [batch.num_rows],
-        "spend": [float(pc.sum(batch[S.ACTUAL_COST]).as_py() or 0.0) if batch.num_rows else 0.0],
+        "spend": [float(pc.sum(batch[S.ACTUAL_COST]).as_py() or 0.0)],
         "errors": [int(errors or 0)],
     })  # fmt: skip
 

@@ -534,7 +534,9 @@ def generate_and_write(cfg: JobConfig, assigned, result: RunResult) -> None:
 
     weights_of, context_limit = standin_weights(cfg)
     on_gpu = cfg.generation.device == "cuda" or (cfg.generation.device == "auto" and _gpus_available() > 0)
-    spent, planned = 0.0, result.plan.predicted_cost if result.plan is not None else math.nan
+    # Job totals: with a resumed job, what its earlier runs spent is part of both.
+    earlier = result.resumed.spend if result.resumed is not None else 0.0
+    spent, planned = earlier, earlier + (result.plan.predicted_cost if result.plan is not None else math.nan)
     for (weights, tp), members in engine_groups(cfg, weights_of).items():
         names = [m.name for m in members]
         rows = assigned.map_batches(_select, fn_kwargs=dict(models=names), batch_format="pyarrow", num_cpus=0.25)
@@ -582,12 +584,10 @@ def generate_and_write(cfg: JobConfig, assigned, result: RunResult) -> None:
             marked = rows.map_batches(_mark_failed, fn_kwargs=dict(done=done, message=message),
                                       batch_format="pyarrow", num_cpus=0.25)  # fmt: skip
             _, errors = write_shards(cfg, marked)
-            group_spend = math.nan  # the part written before the engines died is in the job's total
-            spent = written.spend if written is not None else 0.0
+            group_spend = (written.spend if written is not None else 0.0) - spent  # written before they died
         label = names[0] if len(names) == 1 else f"{len(names)} models on one engine"
         result.phases.append(Phase(f"generate ({label})", n, time.perf_counter() - t0))
-        if not math.isnan(group_spend):
-            spent += group_spend
+        spent += group_spend
         log(f"generate {', '.join(names)}: {n} rows in {result.phases[-1].seconds:.1f}s "
             f"({result.phases[-1].rows_per_s:.3g} rows/s), {group_spend:.6g} USD"
             + (f", {errors} generation errors" if errors else "")
