@@ -67,6 +67,14 @@ class ModelSpec:
     None: no limit. The budget's solver prices the cap (see router.budget, "Caps")."""
     max_spend: float | None = None
     """At most this much predicted spend, in USD, on this model (a prepaid allowance); None: no limit."""
+    backend: str | None = None
+    """This model's generation backend when it differs from `generation.backend` (an API model in
+    a pool of local ones: `openai`, with `weights` its name at the endpoint)."""
+    base_url: str | None = None
+    """`openai` backend: the endpoint (`https://.../v1`); None: `generation.base_url`."""
+    api_key_env: str | None = None
+    """`openai` backend: the environment variable holding the key (never the key itself); None:
+    `generation.api_key_env`."""
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -90,6 +98,10 @@ class ModelSpec:
             object.__setattr__(self, "max_rows", int(rows))
         if self.max_spend is not None:
             object.__setattr__(self, "max_spend", _finite_nonneg(self.max_spend, f"models.{self.name}.max_spend"))
+        if self.backend is not None and self.backend not in GENERATION_BACKENDS:
+            raise ConfigError(
+                f"models.{self.name}.backend must be one of {', '.join(GENERATION_BACKENDS)}, got {self.backend!r}"
+            )
         object.__setattr__(self, "temperature", _finite_nonneg(self.temperature, f"models.{self.name}.temperature"))
         top_p = _finite_nonneg(self.top_p, f"models.{self.name}.top_p")
         if not 0 < top_p <= 1:
@@ -98,6 +110,7 @@ class ModelSpec:
 
 
 ENCODER_BACKENDS = ("auto", "torch", "onnx", "sentence-transformers")
+GENERATION_BACKENDS = ("vllm", "transformers", "openai")
 
 
 @dataclass(frozen=True)
@@ -165,7 +178,9 @@ class BudgetSpec:
 @dataclass(frozen=True)
 class GenerationSpec:
     backend: str = "vllm"
-    """Only `vllm` for now."""
+    """`vllm` (the product: GPUs, or vLLM's CPU build), `transformers` (Hugging Face `generate` on
+    the CPU: a fallback for tiny models; no tensor parallelism, no GPUs) or `openai` (an
+    OpenAI-compatible endpoint: `base_url`, `api_key_env`). A model may override it."""
     standin: bool = False
     """Replace every model's weights by one tiny random-weight model built locally on first use.
     Routing, grouping, token accounting and cost stay real; the answers are noise."""
@@ -183,6 +198,13 @@ class GenerationSpec:
     """When an engine dies (its process killed, out of memory), Ray starts a new engine actor and
     retries the batch, at most this many times per actor and per batch; then the rows of that
     engine group not yet written get status generation_error and the job goes on."""
+    base_url: str | None = None
+    """`openai` backend: the OpenAI-compatible endpoint (an API, or `vllm serve`: `http://host:8000/v1`)."""
+    api_key_env: str | None = None
+    """`openai` backend: the name of the environment variable that holds the API key. The key itself
+    never goes in a config file, and is never logged or written."""
+    concurrency: int = 32
+    """`openai` backend: requests in flight per engine actor."""
     start_timeout_s: float = 1800
     """Longest wait for a stage's actors (an engine: its GPUs, node start and model load) before
     the job fails with a message saying so, instead of waiting forever."""
@@ -190,6 +212,7 @@ class GenerationSpec:
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"generation.device must be auto, cpu or cuda, got {self.device!r}")
+        object.__setattr__(self, "concurrency", _positive_int(self.concurrency, "generation.concurrency"))
         retries = self.engine_retries
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ConfigError(f"generation.engine_retries must be a whole number >= 0, got {retries!r}")
@@ -197,8 +220,8 @@ class GenerationSpec:
         if timeout < 1:
             raise ConfigError(f"generation.start_timeout_s must be at least 1 (seconds), got {self.start_timeout_s!r}")
         object.__setattr__(self, "start_timeout_s", timeout)
-        if self.backend != "vllm":
-            raise ConfigError(f"generation.backend must be vllm, got {self.backend!r}")
+        if self.backend not in GENERATION_BACKENDS:
+            raise ConfigError(f"generation.backend must be one of {', '.join(GENERATION_BACKENDS)}, got {self.backend!r}")
         if not isinstance(self.standin, bool):
             raise ConfigError(f"generation.standin must be true or false, got {self.standin!r}")
         object.__setattr__(self, "batch_size", _positive_int(self.batch_size, "generation.batch_size"))
@@ -237,6 +260,16 @@ class JobConfig:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ConfigError(f"model names must be unique; repeated: {', '.join(dupes)}")
+        for m in self.models:
+            if self.backend_of(m) == "openai" and not (m.base_url or self.generation.base_url):
+                raise ConfigError(
+                    f"model {m.name} uses the openai backend but has no endpoint: set generation.base_url "
+                    f"or models.{m.name}.base_url"
+                )
+
+    def backend_of(self, model: ModelSpec) -> str:
+        """The generation backend that answers `model`."""
+        return model.backend or self.generation.backend
 
     @property
     def model_names(self) -> tuple[str, ...]:

@@ -1,7 +1,14 @@
-"""The generation stage: a vLLM engine as a Ray Data callable class.
+"""The generation stage: one engine as a Ray Data callable class, behind one interface.
 
-One `VLLMGenerator` holds one engine (one set of weights). Several pool models may share it,
-differing only in sampling settings and prices; each row's `model` column picks them. Use it as
+A generator holds one engine (one set of weights). Several pool models may share it, differing
+only in sampling settings and prices; each row's `model` column picks them. Backends:
+
+- `VLLMGenerator`: vLLM (the product; GPU, or vLLM's CPU build);
+- `TransformersGenerator`: Hugging Face `generate` on the CPU, for tiny models (a fallback, and
+  a parity check: with fp32 greedy decoding both give the same tokens);
+- `OpenAIGenerator`: any OpenAI-compatible chat endpoint (an API model, or `vllm serve`).
+
+Use one as
 
     ds.map_batches(VLLMGenerator, fn_constructor_kwargs={...}, batch_format="pyarrow",
                    compute=ray.data.ActorPoolStrategy(size=n), num_cpus=..., num_gpus=...)
@@ -18,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from router import schema as S
@@ -82,12 +90,12 @@ class EngineStartError(RuntimeError):
 
     MARK = "could not start"
 
-    def __init__(self, weights: str, reason: str) -> None:
-        self.weights, self.reason = weights, reason
-        super().__init__(f"the vLLM engine for {weights!r} {self.MARK}: {reason}")
+    def __init__(self, weights: str, reason: str, backend: str = "vLLM") -> None:
+        self.weights, self.reason, self.backend = weights, reason, backend
+        super().__init__(f"the {backend} engine for {weights!r} {self.MARK}: {reason}")
 
-    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
-        return (type(self), (self.weights, self.reason))
+    def __reduce__(self) -> tuple[Any, tuple[str, str, str]]:
+        return (type(self), (self.weights, self.reason, self.backend))
 
 
 def _one_line(exc: BaseException) -> str:
@@ -95,46 +103,22 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-class VLLMGenerator:
-    """Answer each row's prompt with the pool model named in its `model` column."""
+class Generator:
+    """What every backend shares: which rows to answer, the chat template, the context check,
+    isolating a row the engine rejects, and the per-row accounting. A backend sets
+    `_tokenizer` and `_max_model_len` and implements `_run`."""
 
-    def __init__(
-        self,
-        weights: str,
-        *,
-        models: dict[str, dict],
-        max_model_len: int | None = None,
-        tensor_parallel_size: int = 1,
-        dtype: str = "auto",
-        engine_kwargs: dict | None = None,
-    ) -> None:
+    BACKEND = ""
+    RENDERS_TOKENS = True
+    """Whether `render` gives token ids (a local engine: the context is checked here) or the text
+    the engine takes (an API: it counts and checks itself)."""
+
+    def __init__(self, models: dict[str, dict]) -> None:
         if not models:
             raise ValueError("models is empty: name at least one pool model these weights serve")
         self._models = {name: ModelSettings.from_dict(name, s) for name, s in models.items()}
-
-        # Without this vLLM's CPU backend reserves most of the machine's memory for KV cache.
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        try:
-            import vllm
-        except ImportError as exc:
-            raise ImportError(f"the vllm backend needs vLLM: {VLLM_INSTALL_HINT}") from exc
-
-        kwargs: dict[str, Any] = {
-            "model": weights,
-            "tensor_parallel_size": tensor_parallel_size,
-            "dtype": dtype,
-            "max_model_len": max_model_len,
-            "enforce_eager": True,
-        }
-        kwargs.update(engine_kwargs or {})
-        self._sampling_params_cls = vllm.SamplingParams
-        try:
-            self._llm = vllm.LLM(**kwargs)
-        except Exception as exc:  # the job reports it in one line (pipeline.generate_and_write)
-            raise EngineStartError(weights, _one_line(exc)[:2000]) from exc
-        self._tokenizer = self._llm.get_tokenizer()
-        self._max_model_len: int = self._llm.llm_engine.model_config.max_model_len
-        self._use_chat_template = bool(getattr(self._tokenizer, "chat_template", None))
+        self._tokenizer: Any = None
+        self._max_model_len = 0
 
     @property
     def max_model_len(self) -> int:
@@ -142,17 +126,15 @@ class VLLMGenerator:
         return self._max_model_len
 
     def close(self) -> None:
-        """Stop the engine's worker processes now rather than when the object is collected."""
-        llm = self.__dict__.pop("_llm", None)
-        if llm is None:
-            return
-        core = getattr(llm.llm_engine, "engine_core", None)
-        if core is not None and hasattr(core, "shutdown"):
-            core.shutdown()
+        """Free the engine now rather than when the object is collected."""
+
+    def _run(self, rows: list[int], token_ids: dict[int, list[int]], names: list[Any]) -> list[_Result]:
+        """Answer `rows` (one result each, in order); raise if the engine rejects the call."""
+        raise NotImplementedError
 
     def render(self, prompts: Sequence[str]) -> list[list[int]]:
         """Token ids of each prompt as one user turn, the way the engine will see it."""
-        if self._use_chat_template:
+        if getattr(self._tokenizer, "chat_template", None):
             texts = [
                 self._tokenizer.apply_chat_template(
                     [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
@@ -205,7 +187,7 @@ class VLLMGenerator:
             ids = token_ids[i]
             # Checked here rather than left to vLLM: one such row would otherwise fail the batch
             # and send it down the slow split-and-retry path below.
-            if len(ids) >= self._max_model_len:
+            if self.RENDERS_TOKENS and len(ids) >= self._max_model_len:
                 results[i] = _Result(
                     input_tokens=len(ids),
                     error=(
@@ -220,12 +202,6 @@ class VLLMGenerator:
         self._generate(to_generate, token_ids, names, results)
         elapsed = time.perf_counter() - start
         return self._assemble(batch, statuses, results, elapsed)
-
-    def _sampling_params(self, name: str):
-        m = self._models[name]
-        return self._sampling_params_cls(
-            max_tokens=m.max_tokens, temperature=m.temperature, top_p=m.top_p, seed=m.seed
-        )
 
     def _generate(
         self,
@@ -242,11 +218,7 @@ class VLLMGenerator:
         if not rows:
             return
         try:
-            outputs = self._llm.generate(
-                [{"prompt_token_ids": token_ids[i]} for i in rows],
-                [self._sampling_params(names[i]) for i in rows],
-                use_tqdm=False,
-            )
+            answers = self._run(rows, token_ids, names)
         except Exception as exc:
             if type(exc).__name__ == "EngineDeadError":
                 # The engine's own process died (killed, out of memory): nothing more can run here.
@@ -256,20 +228,14 @@ class VLLMGenerator:
                 os._exit(70)
             if len(rows) == 1:
                 only = rows[0]
-                results[only] = _Result(input_tokens=len(token_ids[only]), error=_one_line(exc))
+                counted = len(token_ids[only]) if self.RENDERS_TOKENS else None
+                results[only] = _Result(input_tokens=counted, error=_one_line(exc))
                 return
             half = len(rows) // 2
             self._generate(rows[:half], token_ids, names, results)
             self._generate(rows[half:], token_ids, names, results)
             return
-        for i, out in zip(rows, outputs):
-            completion = out.outputs[0]
-            results[i] = _Result(
-                response=completion.text,
-                input_tokens=len(out.prompt_token_ids),
-                output_tokens=len(completion.token_ids),
-                finish_reason=completion.finish_reason,
-            )
+        results.update(zip(rows, answers))
 
     def _assemble(
         self, batch: pa.Table, statuses: list[Any], results: dict[int, _Result], elapsed: float
@@ -327,3 +293,228 @@ class VLLMGenerator:
             else:
                 out = out.append_column(name, values)
         return out
+
+
+class VLLMGenerator(Generator):
+    """Answer each row's prompt with the pool model named in its `model` column, on vLLM."""
+
+    BACKEND = "vllm"
+
+    def __init__(
+        self,
+        weights: str,
+        *,
+        models: dict[str, dict],
+        max_model_len: int | None = None,
+        tensor_parallel_size: int = 1,
+        dtype: str = "auto",
+        engine_kwargs: dict | None = None,
+    ) -> None:
+        super().__init__(models)
+
+        # Without this vLLM's CPU backend reserves most of the machine's memory for KV cache.
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        try:
+            import vllm
+        except ImportError as exc:
+            raise ImportError(f"the vllm backend needs vLLM: {VLLM_INSTALL_HINT}") from exc
+
+        kwargs: dict[str, Any] = {
+            "model": weights,
+            "tensor_parallel_size": tensor_parallel_size,
+            "dtype": dtype,
+            "max_model_len": max_model_len,
+            "enforce_eager": True,
+        }
+        kwargs.update(engine_kwargs or {})
+        self._sampling_params_cls = vllm.SamplingParams
+        try:
+            self._llm = vllm.LLM(**kwargs)
+        except Exception as exc:  # the job reports it in one line (pipeline.generate_and_write)
+            raise EngineStartError(weights, _one_line(exc)[:2000]) from exc
+        self._tokenizer = self._llm.get_tokenizer()
+        self._max_model_len: int = self._llm.llm_engine.model_config.max_model_len
+
+    def close(self) -> None:
+        """Stop the engine's worker processes now rather than when the object is collected."""
+        llm = self.__dict__.pop("_llm", None)
+        if llm is None:
+            return
+        core = getattr(llm.llm_engine, "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+
+    def _sampling_params(self, name: str):
+        m = self._models[name]
+        return self._sampling_params_cls(
+            max_tokens=m.max_tokens, temperature=m.temperature, top_p=m.top_p, seed=m.seed
+        )
+
+    def _run(self, rows: list[int], token_ids: dict[int, list[int]], names: list[Any]) -> list[_Result]:
+        outputs = self._llm.generate(
+            [{"prompt_token_ids": token_ids[i]} for i in rows],
+            [self._sampling_params(names[i]) for i in rows],
+            use_tqdm=False,
+        )
+        return [
+            _Result(
+                response=out.outputs[0].text,
+                input_tokens=len(out.prompt_token_ids),
+                output_tokens=len(out.outputs[0].token_ids),
+                finish_reason=out.outputs[0].finish_reason,
+            )
+            for out in outputs
+        ]
+
+
+class TransformersGenerator(Generator):
+    """The same stage on Hugging Face `generate`, on the CPU: a fallback for tiny models where vLLM
+    is not installed, and a parity check (fp32 greedy decoding gives vLLM's tokens)."""
+
+    BACKEND = "transformers"
+
+    def __init__(
+        self,
+        weights: str,
+        *,
+        models: dict[str, dict],
+        max_model_len: int | None = None,
+        dtype: str = "float32",
+        threads: int | None = None,
+        **_: Any,  # tensor_parallel_size and other engine settings do not apply here
+    ) -> None:
+        super().__init__(models)
+        try:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+        except ImportError as exc:
+            raise ImportError("the transformers backend needs torch and transformers: pip install torch transformers") from exc
+        if threads:
+            torch.set_num_threads(threads)
+        self._torch = torch
+        try:
+            self._tokenizer = AutoTokenizer.from_pretrained(weights)
+            torch_dtype = torch.float32 if dtype in ("auto", "float32") else getattr(torch, dtype)
+            self._model = AutoModelForCausalLM.from_pretrained(weights, dtype=torch_dtype).eval()
+        except Exception as exc:
+            raise EngineStartError(weights, _one_line(exc)[:2000], "transformers") from exc
+        positions = int(getattr(self._model.config, "max_position_embeddings", 0) or 0) or None
+        limits = [n for n in (max_model_len, positions) if n]
+        if not limits:
+            raise ValueError(f"{weights}: give max_model_len (the model's config names no context length)")
+        self._max_model_len = min(limits)
+        self._eos = {int(t) for t in np.atleast_1d(self._model.generation_config.eos_token_id or [])}
+        self._pad = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else min(self._eos, default=0)
+
+    def close(self) -> None:
+        self.__dict__.pop("_model", None)
+
+    def _run(self, rows: list[int], token_ids: dict[int, list[int]], names: list[Any]) -> list[_Result]:
+        """Rows that share sampling settings and room for the answer run as one left-padded batch."""
+        torch = self._torch
+        groups: dict[tuple[str, int], list[int]] = {}
+        for i in rows:
+            m = self._models[names[i]]
+            room = min(m.max_tokens, self._max_model_len - len(token_ids[i]))  # vLLM also stops at the context end
+            groups.setdefault((names[i], room), []).append(i)
+        results: dict[int, _Result] = {}
+        for (name, room), members in groups.items():
+            m = self._models[name]
+            width = max(len(token_ids[i]) for i in members)
+            ids = torch.full((len(members), width), self._pad, dtype=torch.long)
+            mask = torch.zeros((len(members), width), dtype=torch.long)
+            for r, i in enumerate(members):
+                n = len(token_ids[i])
+                ids[r, width - n :] = torch.tensor(token_ids[i], dtype=torch.long)
+                mask[r, width - n :] = 1
+            sampling = dict(do_sample=True, temperature=m.temperature, top_p=m.top_p) if m.temperature > 0 else dict(do_sample=False)
+            if m.seed is not None:
+                torch.manual_seed(m.seed)
+            with torch.no_grad():
+                out = self._model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=room, min_new_tokens=1,
+                                           pad_token_id=self._pad, **sampling)  # fmt: skip
+            for r, i in enumerate(members):
+                new = out[r, width:].tolist()
+                stop = next((k for k, t in enumerate(new) if t in self._eos), None)
+                kept = new if stop is None else new[: stop + 1]  # like vLLM, the count includes the stop token
+                results[i] = _Result(
+                    response=self._tokenizer.decode(kept, skip_special_tokens=True),
+                    input_tokens=len(token_ids[i]),
+                    output_tokens=len(kept),
+                    finish_reason="length" if stop is None else "stop",
+                )
+        return [results[i] for i in rows]
+
+
+class OpenAIGenerator(Generator):
+    """The same stage against an OpenAI-compatible chat endpoint: an API model, or a `vllm serve`
+    server. Token counts, finish reasons and so the actual cost come from the endpoint's own
+    `usage`; the key is read from the environment variable named in the config and is never
+    logged or written."""
+
+    BACKEND = "openai"
+    RENDERS_TOKENS = False
+
+    def __init__(
+        self,
+        weights: str,
+        *,
+        models: dict[str, dict],
+        base_url: str,
+        api_key_env: str | None = None,
+        max_model_len: int | None = None,
+        concurrency: int = 32,
+        timeout_s: float = 600.0,
+        **_: Any,  # engine settings (dtype, tensor parallelism) are the server's business
+    ) -> None:
+        super().__init__(models)
+        try:
+            import openai
+        except ImportError as exc:
+            raise ImportError("the openai backend needs the openai package: pip install openai") from exc
+        key = None
+        if api_key_env:
+            key = os.environ.get(api_key_env)
+            if not key:
+                raise EngineStartError(base_url, f"the environment variable {api_key_env} (the API key) is not set", "openai")
+        self._served = weights  # the model's name at the endpoint
+        self._client = openai.OpenAI(base_url=base_url, api_key=key or "none", timeout=timeout_s, max_retries=3)
+        self._max_model_len = max_model_len or 0
+        self._concurrency = max(1, concurrency)
+
+    def render(self, prompts: Sequence[str]) -> list[Any]:
+        return list(prompts)  # the endpoint applies the model's chat template itself
+
+    def close(self) -> None:
+        client = self.__dict__.pop("_client", None)
+        if client is not None:
+            client.close()
+
+    def _ask(self, prompt: str, name: str) -> _Result:
+        m = self._models[name]
+        try:
+            reply = self._client.chat.completions.create(
+                model=self._served, messages=[{"role": "user", "content": prompt}], max_tokens=m.max_tokens,
+                temperature=m.temperature, top_p=m.top_p, seed=m.seed,
+            )  # fmt: skip
+        except Exception as exc:  # one row's failure (bad request, context overflow...) stays its own
+            return _Result(error=_one_line(exc))
+        choice, usage = reply.choices[0], reply.usage
+        if usage is None:
+            return _Result(error="the endpoint returned no token usage, so the row's cost is unknown")
+        return _Result(
+            response=choice.message.content or "",
+            input_tokens=usage.prompt_tokens,
+            output_tokens=usage.completion_tokens,
+            finish_reason=choice.finish_reason,
+        )
+
+    def _run(self, rows: list[int], token_ids: dict[int, Any], names: list[Any]) -> list[_Result]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(self._concurrency, len(rows))) as pool:
+            return list(pool.map(lambda i: self._ask(token_ids[i], names[i]), rows))
+
+
+BACKENDS = {"vllm": VLLMGenerator, "transformers": TransformersGenerator, "openai": OpenAIGenerator}
+"""`generation.backend` -> the generator class."""

@@ -80,7 +80,7 @@ def engine_failure(error: Exception, names: list[str], weights: str, timeout: fl
     from router.generate import EngineStartError
 
     text = str(error)
-    found = re.search(rf"the vLLM engine for .*? {EngineStartError.MARK}: [^\n]*", text)
+    found = re.search(rf"the \w+ engine for .*? {EngineStartError.MARK}: [^\n]*", text)
     which = f"generate {', '.join(names)}"
     if found:
         return JobFailed(f"{which}: {found.group(0)}")
@@ -403,13 +403,31 @@ def check_caps(cfg: JobConfig, by_model: list[dict[str, Any]]) -> None:
                 f"(max_rows {m.max_rows}, max_spend {m.max_spend}); ids in the input repeat?")  # fmt: skip
 
 
-def engine_groups(cfg: JobConfig, weights_of: Callable[[ModelSpec], str]) -> dict[tuple, list[ModelSpec]]:
-    """Pool models that share weights and parallelism share one engine pool. The stand-in is one
-    tiny model: it never needs tensor parallelism, whatever the model it stands in for."""
-    groups: dict[tuple, list[ModelSpec]] = {}
+@dataclass(frozen=True)
+class Engine:
+    """What one engine pool is: pool models sharing it differ only in sampling settings and prices."""
+
+    backend: str
+    weights: str
+    """What the engine loads (a Hugging Face id or a path), or the model's name at an endpoint."""
+    tensor_parallel: int
+    base_url: str | None = None
+    api_key_env: str | None = None
+
+
+def engine_groups(cfg: JobConfig, weights_of: Callable[[ModelSpec], str]) -> dict[Engine, list[ModelSpec]]:
+    """Pool models that share an engine (backend, weights, parallelism, endpoint) share one engine
+    pool. The stand-in is one tiny model: it never needs tensor parallelism."""
+    groups: dict[Engine, list[ModelSpec]] = {}
     for m in cfg.models:
-        tp = 1 if cfg.generation.standin else m.tensor_parallel
-        groups.setdefault((weights_of(m), tp), []).append(m)
+        backend = cfg.backend_of(m)
+        if backend == "openai":
+            engine = Engine(backend, m.weights, 1, m.base_url or cfg.generation.base_url,
+                            m.api_key_env or cfg.generation.api_key_env)  # fmt: skip
+        else:
+            tp = 1 if cfg.generation.standin or backend == "transformers" else m.tensor_parallel
+            engine = Engine(backend, weights_of(m), tp)
+        groups.setdefault(engine, []).append(m)
     return groups
 
 
@@ -526,18 +544,20 @@ def standin_weights(cfg: JobConfig) -> tuple[Callable[[ModelSpec], str], int | N
 
     path = build_standin(default_standin_dir())
     positions = int(json.loads((path / "config.json").read_text())["max_position_embeddings"])
-    return (lambda m: str(path)), positions
+    # A model behind an endpoint is whatever the endpoint serves: nothing to stand in for.
+    return (lambda m: m.weights if cfg.backend_of(m) == "openai" else str(path)), positions
 
 
 def generate_and_write(cfg: JobConfig, assigned, result: RunResult) -> None:
-    from router.generate import VLLMGenerator
+    from router.generate import BACKENDS
 
     weights_of, context_limit = standin_weights(cfg)
     on_gpu = cfg.generation.device == "cuda" or (cfg.generation.device == "auto" and _gpus_available() > 0)
     # Job totals: with a resumed job, what its earlier runs spent is part of both.
     earlier = result.resumed.spend if result.resumed is not None else 0.0
     spent, planned = earlier, earlier + (result.plan.predicted_cost if result.plan is not None else math.nan)
-    for (weights, tp), members in engine_groups(cfg, weights_of).items():
+    for engine, members in engine_groups(cfg, weights_of).items():
+        weights, tp = engine.weights, engine.tensor_parallel
         names = [m.name for m in members]
         rows = assigned.map_batches(_select, fn_kwargs=dict(models=names), batch_format="pyarrow", num_cpus=0.25)
         n = rows.count()
@@ -554,16 +574,24 @@ def generate_and_write(cfg: JobConfig, assigned, result: RunResult) -> None:
             max_len = min(max_len, context_limit)
         dtype = "float32" if cfg.generation.standin else cfg.generation.dtype
         replicas = max(m.replicas for m in members)
+        kwargs: dict[str, Any] = dict(weights=weights, models=settings, max_model_len=max_len)
+        if engine.backend == "openai":  # an HTTP client with requests in flight: no GPU, little CPU
+            kwargs.update(base_url=engine.base_url, api_key_env=engine.api_key_env,
+                          concurrency=cfg.generation.concurrency)  # fmt: skip
+            resources = dict(num_gpus=0, num_cpus=0.25)
+        else:
+            kwargs.update(tensor_parallel_size=tp, dtype=dtype)
+            gpus = tp if on_gpu and engine.backend == "vllm" else 0  # the transformers fallback runs on CPUs
+            resources = dict(num_gpus=gpus, num_cpus=1)
         t0 = time.perf_counter()
-        log(f"generate {', '.join(names)}: {n} rows on {replicas} engine(s) of {weights}")
+        where = engine.base_url if engine.backend == "openai" else engine.backend
+        log(f"generate {', '.join(names)}: {n} rows on {replicas} engine(s) of {weights} ({where})")
         # Blocks of one engine call each: an actor task then answers one batch and hands it on, so
         # answers stream to the writer (and are committed) as they come, and replicas share the work.
         out = rows.repartition(target_num_rows_per_block=cfg.generation.batch_size).map_batches(
-            VLLMGenerator,
-            fn_constructor_kwargs=dict(weights=weights, models=settings, max_model_len=max_len,
-                                       tensor_parallel_size=tp, dtype=dtype),
-            compute=ray_actor_pool(replicas), batch_size=cfg.generation.batch_size, batch_format="pyarrow",
-            num_gpus=tp if on_gpu else 0, num_cpus=1, ray_remote_args_fn=partial(engine_restarts, cfg),
+            BACKENDS[engine.backend], fn_constructor_kwargs=kwargs, compute=ray_actor_pool(replicas),
+            batch_size=cfg.generation.batch_size, batch_format="pyarrow", **resources,
+            ray_remote_args_fn=partial(engine_restarts, cfg),
         )  # fmt: skip
         fence = f"fence-{uuid.uuid4().hex}"
         try:

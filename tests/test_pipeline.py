@@ -194,3 +194,25 @@ def test_group_routing_gives_each_group_one_model(job, tmp_path):
     assert sum(r[S.PREDICTED_COST] or 0 for r in tight) <= 0.00003
     skipped = {r["topic"] for r in tight if r[S.STATUS] == S.OVER_BUDGET and r["topic"] is not None}
     assert all(r[S.STATUS] == S.OVER_BUDGET for r in tight if r["topic"] in skipped)
+
+
+def test_the_transformers_backend_runs_the_same_job(job, tmp_path):
+    """generation.backend=transformers: the CPU fallback answers the routed rows in a real job, with
+    the same accounting (tokens, actual cost within the budget, one row per input row)."""
+    cfg, rows, _, _, _, _ = job
+    from router.pipeline import run_job
+
+    tf = load_config(CONFIG, [f"input={cfg.input}", f"output={tmp_path / 'out'}", "budget.total=0.0006",
+                              "generation.backend=transformers", *SHORT_CONTEXT])  # fmt: skip
+    result = run_job(tf)
+    out = pads.dataset(str(tmp_path / "out"), format="parquet").to_table().to_pylist()
+    assert sorted(r[S.ID] for r in out) == sorted(r["id"] for r in rows) and result.n_rows == len(rows)
+    answered = [r for r in out if r[S.STATUS] == S.OK]
+    assert len(answered) == len(PROMPTS) + 1
+    prices = {m.name: m for m in tf.models}
+    for r in answered:
+        m = prices[r[S.MODEL]]
+        assert r[S.RESPONSE] is not None and 1 <= r[S.OUTPUT_TOKENS] <= m.max_tokens
+        assert math.isclose(r[S.ACTUAL_COST], (r[S.INPUT_TOKENS] * m.input_price + r[S.OUTPUT_TOKENS] * m.output_price) / 1e6,
+                            rel_tol=1e-9)  # fmt: skip
+    assert sum(r[S.ACTUAL_COST] or 0 for r in out) <= sum(r[S.PREDICTED_COST] or 0 for r in out) <= 0.0006
