@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--max-tokens", type=int, default=256, help="with --queries: answer length (256)")
     add.add_argument("--max-model-len", type=int, help="with --queries: the engine's context length")
     add.add_argument("--dtype", default="auto", help="with --queries: vLLM dtype (float32 on CPU)")
+    add.add_argument("--backend", default="vllm", choices=("vllm", "transformers"),
+                     help="with --queries: the generation stage that answers (transformers: tiny models on CPU)")
     add.add_argument("--limit", type=int, help="with --queries: use only the first N queries")
     add.add_argument("--out", required=True, help="profile file to write")
     rm = prof_sub.add_parser("remove-model", help="remove one model from a profile file")
@@ -300,7 +302,7 @@ def _add_model(args) -> int:
             return _fail(f"queries file {args.queries!r} not found")
         table, skipped = answer_and_grade(
             args.queries, args.model, args.weights, max_tokens=args.max_tokens, max_model_len=args.max_model_len,
-            dtype=args.dtype, limit=args.limit,
+            dtype=args.dtype, limit=args.limit, backend=args.backend,
         )  # fmt: skip
         print(f"graded {len(table.queries)} answers of {args.model} (mean score {float(table.scores.mean()):.3f}); "
               f"skipped {skipped} rows whose metric cannot be graded here (code)")  # fmt: skip

@@ -1,5 +1,5 @@
 """Profiling a model with no evaluation data: answer an index set that has gold answers with the
-project's own vLLM stage, grade the answers, and return them as an evaluation table."""
+project's own generation stage, grade the answers, and return them as an evaluation table."""
 
 from __future__ import annotations
 
@@ -31,9 +31,11 @@ def answer_and_grade(
     max_model_len: int | None = None,
     dtype: str = "auto",
     limit: int | None = None,
+    backend: str = "vllm",
 ) -> tuple[EvalTable, int]:
-    """(graded table with one model column, rows skipped because their metric is not gradable)."""
-    from router.generate import VLLMGenerator
+    """(graded table with one model column, rows skipped because their metric is not gradable).
+    `backend`: the generation stage that answers (`vllm`, or `transformers` for tiny CPU models)."""
+    from router.generate import BACKENDS
 
     rows = read_index_set(path, limit)
     gradable = [r for r in rows if r.get("metric") not in SKIPPED_METRICS]
@@ -46,7 +48,7 @@ def answer_and_grade(
             S.STATUS: [S.OK] * len(gradable),
         }
     )
-    engine = VLLMGenerator(
+    engine = BACKENDS[backend](
         weights, models={model: {"max_tokens": max_tokens, "temperature": 0.0, "input_price": 0.0, "output_price": 0.0}},
         max_model_len=max_model_len, dtype=dtype,
     )  # fmt: skip

@@ -113,3 +113,32 @@ def test_remove_then_add_a_model_gives_back_its_profile_and_leaves_the_others():
     assert np.array_equal(again.know[:, :3], without.know)
     with pytest.raises(ValueError, match="already profiled"):
         add_model(again, table, "c", emb)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_add_model_by_answering_and_grading_an_index_set(shared_data, tmp_path):
+    """`router profile add-model --queries --weights`: a model with no evaluation data is run by the
+    project's own generation stage on an index set with gold answers, graded, and profiled; the
+    profiles of the models already there are untouched."""
+    from conftest import run_cli
+    from router.profiles import load_profiles
+    from router.standin import build_standin
+
+    standin = build_standin(tmp_path / "standin")
+    out = tmp_path / "with-newbie.npz"
+    r = run_cli("profile", "add-model", "--profiles", "open9", "--model", "newbie", "--weights", str(standin),
+                "--queries", str(shared_data / "llmrouter-9models" / "queries_test.jsonl"), "--limit", "40",
+                "--max-tokens", "8", "--max-model-len", "4096", "--backend", "transformers", "--out", str(out),
+                timeout=540)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    graded = int(r.stdout.split("graded ")[1].split(" ")[0])
+    skipped = int(r.stdout.split("skipped ")[1].split(" ")[0])
+    assert graded > 0 and graded + skipped == 40
+    before, after = load_profiles("open9"), load_profiles(str(out))
+    assert after.models == (*before.models, "newbie")
+    keep = list(range(len(before.models)))
+    np.testing.assert_array_equal(after.know[:, keep], before.know)
+    np.testing.assert_array_equal(after.cap[:, keep], before.cap)
+    # A random-weight model answers noise: it is profiled as worse than every real model.
+    assert np.nanmean(after.know[:, -1]) < np.nanmin(np.nanmean(before.know, axis=0))
