@@ -47,8 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="route and generate: answers as parquet, one row per input row",
         description="Route the input under the budget and answer every routed row with its "
-        "model (vLLM, one engine pool per model). Writes parquet files and _report.json to the "
-        "output folder, which must be new or empty.",
+        "model (generation.backend: vllm, transformers or openai; one engine pool per model). "
+        "Commits parquet shards to the output folder as rows finish, then _report.json. The "
+        "folder must be new or empty, or hold this same job: then the run resumes after the rows "
+        "already written, with what is left of the budget.",
         epilog=OVERRIDES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
