@@ -31,6 +31,13 @@ def _finite_nonneg(value: Any, what: str) -> float:
     return value
 
 
+def _positive_float(value: Any, what: str) -> float:
+    value = _finite_nonneg(value, what)
+    if value == 0:
+        raise ConfigError(f"{what} must be > 0, got 0")
+    return value
+
+
 def _positive_int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < 1:
         raise ConfigError(f"{what} must be a whole number >= 1, got {value!r}")
@@ -75,6 +82,11 @@ class ModelSpec:
     api_key_env: str | None = None
     """`openai` backend: the environment variable holding the key (never the key itself); None:
     `generation.api_key_env`."""
+    tokens_per_s: float | None = None
+    """GPU schedule: prompt plus answer tokens one replica processes per second; None:
+    `generation.tokens_per_s`. A run's report measures it (`generation[].tokens_per_s_per_replica`)."""
+    load_s: float | None = None
+    """GPU schedule: seconds for a replica to start (weights loaded, warm-up); None: `generation.load_s`."""
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -103,6 +115,10 @@ class ModelSpec:
                 f"models.{self.name}.backend must be one of {', '.join(GENERATION_BACKENDS)}, got {self.backend!r}"
             )
         object.__setattr__(self, "temperature", _finite_nonneg(self.temperature, f"models.{self.name}.temperature"))
+        if self.tokens_per_s is not None:
+            object.__setattr__(self, "tokens_per_s", _positive_float(self.tokens_per_s, f"models.{self.name}.tokens_per_s"))
+        if self.load_s is not None:
+            object.__setattr__(self, "load_s", _finite_nonneg(self.load_s, f"models.{self.name}.load_s"))
         top_p = _finite_nonneg(self.top_p, f"models.{self.name}.top_p")
         if not 0 < top_p <= 1:
             raise ConfigError(f"models.{self.name}.top_p must be in (0, 1], got {top_p}")
@@ -208,6 +224,20 @@ class GenerationSpec:
     start_timeout_s: float = 1800
     """Longest wait for a stage's actors (an engine: its GPUs, node start and model load) before
     the job fails with a message saying so, instead of waiting forever."""
+    schedule: str = "auto"
+    """How vLLM engines share the GPUs (router.schedule): `in_turn` (one model's engines after
+    another, each on all the GPUs), `shared` (every model at once, GPUs split by predicted token
+    load) or `auto` (the one with the shorter predicted time). On GPUs the schedule sets each
+    model's replicas; CPU engines and endpoints run in turn with `models.NAME.replicas`."""
+    gpus: int | None = None
+    """GPUs to schedule on; None: the cluster's GPUs when generation starts. Set it for a cluster
+    that autoscales GPU nodes from zero."""
+    tokens_per_s: float = 5000.0
+    """Schedule's estimate of the prompt plus answer tokens one engine replica processes per second
+    (a model may set its own). What decides between the strategies is tokens_per_s x load_s: the
+    work an engine's start costs."""
+    load_s: float = 120.0
+    """Schedule's estimate of the seconds an engine replica takes to start (a model may set its own)."""
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):
@@ -220,6 +250,12 @@ class GenerationSpec:
         if timeout < 1:
             raise ConfigError(f"generation.start_timeout_s must be at least 1 (seconds), got {self.start_timeout_s!r}")
         object.__setattr__(self, "start_timeout_s", timeout)
+        if self.schedule not in ("auto", "in_turn", "shared"):
+            raise ConfigError(f"generation.schedule must be auto, in_turn or shared, got {self.schedule!r}")
+        if self.gpus is not None:
+            object.__setattr__(self, "gpus", _positive_int(self.gpus, "generation.gpus"))
+        object.__setattr__(self, "tokens_per_s", _positive_float(self.tokens_per_s, "generation.tokens_per_s"))
+        object.__setattr__(self, "load_s", _finite_nonneg(self.load_s, "generation.load_s"))
         if self.backend not in GENERATION_BACKENDS:
             raise ConfigError(f"generation.backend must be one of {', '.join(GENERATION_BACKENDS)}, got {self.backend!r}")
         if not isinstance(self.standin, bool):

@@ -42,7 +42,7 @@ def job_identity(cfg: JobConfig) -> dict[str, Any]:
     """What must not change between a job and its resumption: whatever decides a row's route,
     answer or cost. Replicas, batch sizes, devices and the encoder backend may change."""
     models = [
-        {k: v for k, v in dataclasses.asdict(m).items() if k not in ("replicas", "tensor_parallel")}
+        {k: v for k, v in dataclasses.asdict(m).items() if k not in ("replicas", "tensor_parallel", "tokens_per_s", "load_s")}
         for m in cfg.models
     ]
     return {
@@ -70,6 +70,11 @@ class Prior:
     """Their actual spend, USD."""
     predicted: float
     """Their predicted spend, USD."""
+    spend_by_model: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Their actual spend per model, USD."""
+
+    def spend_of(self, models: list[str]) -> float:
+        return sum(self.spend_by_model.get(m, 0.0) for m in models)
 
 
 def committed_files(output: str) -> list[str]:
@@ -128,14 +133,16 @@ def read_prior(output: str) -> Prior | None:
     if not files:
         return None
     t = pads.dataset(files, filesystem=fs, format="parquet").to_table(
-        columns=[S.ID, S.ACTUAL_COST, S.PREDICTED_COST]
+        columns=[S.ID, S.MODEL, S.ACTUAL_COST, S.PREDICTED_COST]
     )
+    by_model = t.group_by(S.MODEL).aggregate([(S.ACTUAL_COST, "sum")]).to_pylist()
     return Prior(
         files=len(files),
         rows=t.num_rows,
         ids=t[S.ID].combine_chunks().cast(pa.string()),
         spend=float(pc.sum(t[S.ACTUAL_COST]).as_py() or 0.0),
         predicted=float(pc.sum(t[S.PREDICTED_COST]).as_py() or 0.0),
+        spend_by_model={r[S.MODEL]: float(r[f"{S.ACTUAL_COST}_sum"] or 0.0) for r in by_model if r[S.MODEL]},
     )
 
 
@@ -154,12 +161,12 @@ FENCE_GRACE_S = 5.0
 def commit_shard(batch: pa.Table, output: str, fence: str | None = None) -> pa.Table:
     """Ray Data stage: write the batch as one shard, under a temporary name first and then moved into
     place, so the folder only ever holds whole shards. Once the driver has raised `fence` (see
-    `raise_fence`), shards are dropped instead of committed. Returns one row: rows, spend, errors."""
+    `raise_fence`), shards are dropped instead of committed. Returns one row: rows, spend, errors, tokens (prompt + answer)."""
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
     if not batch.num_rows:  # what a filter left of a block: nothing to commit
-        return pa.table({"rows": [0], "spend": [0.0], "errors": [0]})
+        return pa.table({"rows": [0], "spend": [0.0], "errors": [0], "tokens": [0]})
     fs, path = _fs(output)
     name = f"{SHARD_PREFIX}{uuid.uuid4().hex}.parquet"
     fs.create_dir(f"{path}/{TMP}", recursive=True)
@@ -167,13 +174,14 @@ def commit_shard(batch: pa.Table, output: str, fence: str | None = None) -> pa.T
         pq.write_table(batch, f)
     if fence is not None and fs.get_file_info(f"{path}/{TMP}/{fence}").type != pafs.FileType.NotFound:
         fs.delete_file(f"{path}/{TMP}/{name}")
-        return pa.table({"rows": [0], "spend": [0.0], "errors": [0]})
+        return pa.table({"rows": [0], "spend": [0.0], "errors": [0], "tokens": [0]})
     fs.move(f"{path}/{TMP}/{name}", f"{path}/{name}")
     errors = pc.sum(pc.equal(batch[S.STATUS], S.GENERATION_ERROR)).as_py()
     return pa.table({
         "rows": [batch.num_rows],
         "spend": [float(pc.sum(batch[S.ACTUAL_COST]).as_py() or 0.0)],
         "errors": [int(errors or 0)],
+        "tokens": [int((pc.sum(batch[S.INPUT_TOKENS]).as_py() or 0) + (pc.sum(batch[S.OUTPUT_TOKENS]).as_py() or 0))],
     })  # fmt: skip
 
 

@@ -70,6 +70,10 @@ class RunResult:
     """Predicted quality against spend over a sweep of budgets (report.predicted_frontier)."""
     resumed: Prior | None = None
     """What earlier runs of the job had committed when this one started (None: a fresh start)."""
+    schedule: Any = None
+    """How the engines share the GPUs (router.schedule.Schedule); None: no vLLM engine on GPUs."""
+    generation: list[dict[str, Any]] = field(default_factory=list)
+    """Per engine pool as run: replicas, GPUs, start and seconds, rows, tokens, spend, errors."""
 
 
 def engine_failure(error: Exception, names: list[str], weights: str, timeout: float) -> JobFailed | None:
@@ -502,8 +506,10 @@ def route(cfg: JobConfig, result: RunResult, skip_ids: pa.Array | None = None):
     ).materialize()  # fmt: skip
     result.phases.append(Phase("assign", n, time.perf_counter() - t0))
     log(f"assigned {n} rows in {result.phases[-1].seconds:.1f}s ({result.phases[-1].rows_per_s:.0f} rows/s)")
+    # What each model got: the caps' check, the GPU schedule's loads and `router plan`'s summary.
+    result.by_model, result.by_status = tally(assigned)
     if model_caps(cfg):
-        check_caps(cfg, tally(assigned)[0])
+        check_caps(cfg, result.by_model)
     return assigned
 
 
@@ -534,133 +540,280 @@ def ray_actor_pool(size: int):
     return ray.data.ActorPoolStrategy(size=size)
 
 
-def standin_weights(cfg: JobConfig) -> tuple[Callable[[ModelSpec], str], int | None]:
-    """What each model's engine loads, and the longest context those weights allow (None: config)."""
+def standin_weights(cfg: JobConfig, build: bool = True) -> tuple[Callable[[ModelSpec], str], int | None]:
+    """What each model's engine loads, and the longest context those weights allow (None: config).
+    `build=False`: only where the stand-in would be (enough to tell which models share an engine)."""
     if not cfg.generation.standin:
         return (lambda m: m.weights), None
     import json
 
     from router.standin import build_standin, default_standin_dir
 
+    if not build:
+        path = default_standin_dir()
+        return (lambda m: m.weights if cfg.backend_of(m) == "openai" else str(path)), None
     path = build_standin(default_standin_dir())
     positions = int(json.loads((path / "config.json").read_text())["max_position_embeddings"])
     # A model behind an endpoint is whatever the endpoint serves: nothing to stand in for.
     return (lambda m: m.weights if cfg.backend_of(m) == "openai" else str(path)), positions
 
 
-def generate_and_write(cfg: JobConfig, assigned, result: RunResult) -> None:
-    from router.generate import BACKENDS
+@dataclass(frozen=True)
+class EnginePool:
+    """One engine pool to run: what it loads, the pool models it serves, how many replicas."""
 
-    weights_of, context_limit = standin_weights(cfg)
-    on_gpu = cfg.generation.device == "cuda" or (cfg.generation.device == "auto" and _gpus_available() > 0)
-    # Job totals: with a resumed job, what its earlier runs spent is part of both.
-    earlier = result.resumed.spend if result.resumed is not None else 0.0
-    spent, planned = earlier, earlier + (result.plan.predicted_cost if result.plan is not None else math.nan)
-    for engine, members in engine_groups(cfg, weights_of).items():
-        weights, tp = engine.weights, engine.tensor_parallel
-        names = [m.name for m in members]
-        rows = assigned.map_batches(_select, fn_kwargs=dict(models=names), batch_format="pyarrow", num_cpus=0.25)
-        n = rows.count()
-        if n == 0:
-            log(f"generate {', '.join(names)}: no rows routed here, engine not started")
+    engine: Engine
+    members: tuple[ModelSpec, ...]
+    replicas: int
+    on_gpu: bool
+
+    @property
+    def names(self) -> list[str]:
+        return [m.name for m in self.members]
+
+    @property
+    def label(self) -> str:
+        return ", ".join(self.names)
+
+
+def pool_loads(cfg: JobConfig, groups: dict[Engine, list[ModelSpec]], by_model: list[dict[str, Any]]):
+    """Each engine pool's predicted token load, from the routed rows' tally: prompt tokens from their
+    UTF-8 length (as the `expected` budget mode counts them) plus each model's planned answer."""
+    from router.cost import CHARS_PER_TOKEN, TEMPLATE_TOKENS
+    from router.schedule import PoolLoad
+
+    tallied = {r[S.MODEL]: r for r in by_model if r[S.MODEL] is not None}
+    loads = {}
+    for engine, members in groups.items():
+        tokens, rows = 0.0, 0
+        for m in members:
+            t = tallied.get(m.name, {})
+            n = int(t.get("ok_rows", 0))
+            answer = min(m.expected_output_tokens or cfg.budget.default_output_tokens, m.max_tokens)
+            tokens += t.get("ok_prompt_bytes", 0) / CHARS_PER_TOKEN + n * (TEMPLATE_TOKENS + answer)
+            rows += n
+        if rows == 0:
             continue
-        settings = {
-            m.name: dict(max_tokens=m.max_tokens, temperature=m.temperature, top_p=m.top_p,
-                         input_price=m.input_price, output_price=m.output_price)
-            for m in members
-        }  # fmt: skip
-        max_len = min(m.max_context for m in members)
-        if context_limit is not None:
-            max_len = min(max_len, context_limit)
-        dtype = "float32" if cfg.generation.standin else cfg.generation.dtype
-        replicas = max(m.replicas for m in members)
-        kwargs: dict[str, Any] = dict(weights=weights, models=settings, max_model_len=max_len)
-        if engine.backend == "openai":  # an HTTP client with requests in flight: no GPU, little CPU
-            kwargs.update(base_url=engine.base_url, api_key_env=engine.api_key_env,
-                          concurrency=cfg.generation.concurrency)  # fmt: skip
-            resources = dict(num_gpus=0, num_cpus=0.25)
-        else:
-            kwargs.update(tensor_parallel_size=tp, dtype=dtype)
-            gpus = tp if on_gpu and engine.backend == "vllm" else 0  # the transformers fallback runs on CPUs
-            resources = dict(num_gpus=gpus, num_cpus=1)
-        t0 = time.perf_counter()
-        where = engine.base_url if engine.backend == "openai" else engine.backend
-        log(f"generate {', '.join(names)}: {n} rows on {replicas} engine(s) of {weights} ({where})")
-        # Blocks of one engine call each: an actor task then answers one batch and hands it on, so
-        # answers stream to the writer (and are committed) as they come, and replicas share the work.
-        out = rows.repartition(target_num_rows_per_block=cfg.generation.batch_size).map_batches(
-            BACKENDS[engine.backend], fn_constructor_kwargs=kwargs, compute=ray_actor_pool(replicas),
-            batch_size=cfg.generation.batch_size, batch_format="pyarrow", **resources,
-            ray_remote_args_fn=partial(engine_restarts, cfg),
-        )  # fmt: skip
-        fence = f"fence-{uuid.uuid4().hex}"
+        rate = min(m.tokens_per_s or cfg.generation.tokens_per_s for m in members)
+        load_s = max(cfg.generation.load_s if m.load_s is None else m.load_s for m in members)
+        loads[engine] = PoolLoad(", ".join(m.name for m in members), engine.tensor_parallel, tokens, rate, load_s,
+                                 max_replicas=max(1, math.ceil(rows / cfg.generation.batch_size)))  # fmt: skip
+    return loads
+
+
+def engines_on_gpu(cfg: JobConfig) -> bool:
+    return cfg.generation.device == "cuda" or (cfg.generation.device == "auto" and _gpus_available() > 0)
+
+
+def schedule_pools(cfg: JobConfig, by_model: list[dict[str, Any]], build: bool = True) -> tuple[list[EnginePool], Any]:
+    """The engine pools with rows to answer, in the order and replica counts they run with, and the
+    GPU schedule (None when no vLLM engine runs on GPUs, or the GPUs to plan for are unknown).
+    `build=False` (planning only): the stand-in is not built."""
+    from router.schedule import ScheduleError, plan_schedule
+
+    weights_of, _ = standin_weights(cfg, build)
+    groups = engine_groups(cfg, weights_of)
+    loads = pool_loads(cfg, groups, by_model)
+    on_gpu = engines_on_gpu(cfg)
+    gpu_engines = [e for e in loads if on_gpu and e.backend == "vllm"]
+    gpus = cfg.generation.gpus or int(_gpus_available())
+    schedule = None
+    if gpu_engines and gpus > 0:
         try:
-            group_spend, errors = write_shards(cfg, out, fence)
-        except Exception as e:
-            failed = engine_failure(e, names, weights, cfg.generation.start_timeout_s)
-            if failed is not None:
-                raise failed from None
-            if not engine_died(e):
-                raise
-            # Its engines kept dying: what this group had not written is marked, and the job goes on.
-            message = (f"the engine for {weights!r} died more than generation.engine_retries="
-                       f"{cfg.generation.engine_retries} times while answering; not retried further")  # fmt: skip
-            log(f"generate {', '.join(names)}: {message}; marking the rows not yet written")
-            raise_fence(cfg.output, fence)
-            written = read_prior(cfg.output)
-            done = written.ids if written is not None else pa.array([], pa.string())
-            marked = rows.map_batches(_mark_failed, fn_kwargs=dict(done=done, message=message),
-                                      batch_format="pyarrow", num_cpus=0.25)  # fmt: skip
-            _, errors = write_shards(cfg, marked)
-            group_spend = (written.spend if written is not None else 0.0) - spent  # written before they died
-        label = names[0] if len(names) == 1 else f"{len(names)} models on one engine"
-        result.phases.append(Phase(f"generate ({label})", n, time.perf_counter() - t0))
-        spent += group_spend
-        log(f"generate {', '.join(names)}: {n} rows in {result.phases[-1].seconds:.1f}s "
-            f"({result.phases[-1].rows_per_s:.3g} rows/s), {group_spend:.6g} USD"
-            + (f", {errors} generation errors" if errors else "")
-            + f"; spent so far {spent:.6g} USD of {planned:.6g} USD predicted")  # fmt: skip
+            schedule = plan_schedule([loads[e] for e in gpu_engines], gpus, cfg.generation.schedule)
+        except ScheduleError as e:
+            raise JobFailed(f"GPU schedule: {e}; lower models.NAME.tensor_parallel or add GPUs "
+                            "(generation.gpus for an autoscaling cluster)") from None  # fmt: skip
+    pools = []
+    for engine, members in groups.items():
+        if engine not in loads:
+            continue
+        gpu = engine in gpu_engines
+        replicas = schedule.replicas(loads[engine].name) if gpu and schedule is not None else max(m.replicas for m in members)
+        pools.append(EnginePool(engine, tuple(members), replicas, gpu))
+    return pools, schedule
+
+
+def generate_and_write(cfg: JobConfig, assigned, result: RunResult) -> None:
+    """Answer the routed rows engine pool by engine pool, committing shards as they come: models in
+    turn, or (a `shared` GPU schedule) every pool at once on its share of the GPUs."""
+    pools, schedule = schedule_pools(cfg, result.by_model)
+    result.schedule = schedule
+    if schedule is not None:
+        from router.schedule import format_schedule
+
+        for line in format_schedule(schedule):
+            log(line)
+    for engine, members in engine_groups(cfg, standin_weights(cfg)[0]).items():
+        if engine not in [p.engine for p in pools]:
+            log(f"generate {', '.join(m.name for m in members)}: no rows routed here, engine not started")
+    t0 = time.perf_counter()
+    if schedule is not None and schedule.strategy == "shared":
+        from concurrent.futures import ThreadPoolExecutor
+
+        # One thread per pool, each driving its own Ray Data execution. A pool that fails (an engine
+        # that cannot start) fails the job once the others finish: what they wrote is committed.
+        with ThreadPoolExecutor(max_workers=len(pools)) as ex:
+            futures = [ex.submit(_answer_pool, cfg, p, assigned, result, t0) for p in pools]
+            runs = [f.result() for f in futures]  # the first failure (in pool order) fails the job
+        rows = sum(r["rows"] for r in runs)
+        result.phases.append(Phase(f"generate ({len(pools)} engine pools at once)", rows, time.perf_counter() - t0))
+    else:
+        runs = []
+        for p in pools:
+            runs.append(_answer_pool(cfg, p, assigned, result, t0))
+            label = p.names[0] if len(p.names) == 1 else f"{len(p.names)} models on one engine"
+            result.phases.append(Phase(f"generate ({label})", runs[-1]["rows"], runs[-1]["seconds"]))
+    result.generation = runs
+    earlier = result.resumed.spend if result.resumed is not None else 0.0
+    spent = earlier + sum(r["spend"] for r in runs)
+    planned = earlier + (result.plan.predicted_cost if result.plan is not None else math.nan)
+    log(f"generation: spent {spent:.6g} USD of {planned:.6g} USD predicted" + (" (earlier runs included)" if earlier else ""))
     rest = assigned.map_batches(_select, fn_kwargs=dict(models=None), batch_format="pyarrow", num_cpus=0.25)
     write_shards(cfg, rest)
 
 
-def write_shards(cfg: JobConfig, rows, fence: str | None = None) -> tuple[float, int]:
+def _answer_pool(cfg: JobConfig, pool: EnginePool, assigned, result: RunResult, t_start: float) -> dict[str, Any]:
+    """Run one engine pool over its rows and commit them; returns what it did (rows, spend, tokens,
+    errors, start and seconds, replicas, measured tokens per second per replica)."""
+    from router.generate import BACKENDS
+
+    _, context_limit = standin_weights(cfg)
+    engine, members, names = pool.engine, pool.members, pool.names
+    weights, tp = engine.weights, engine.tensor_parallel
+    rows = assigned.map_batches(_select, fn_kwargs=dict(models=names), batch_format="pyarrow", num_cpus=0.25)
+    settings = {
+        m.name: dict(max_tokens=m.max_tokens, temperature=m.temperature, top_p=m.top_p,
+                     input_price=m.input_price, output_price=m.output_price)
+        for m in members
+    }  # fmt: skip
+    max_len = min(m.max_context for m in members)
+    if context_limit is not None:
+        max_len = min(max_len, context_limit)
+    dtype = "float32" if cfg.generation.standin else cfg.generation.dtype
+    kwargs: dict[str, Any] = dict(weights=weights, models=settings, max_model_len=max_len)
+    if engine.backend == "openai":  # an HTTP client with requests in flight: no GPU, little CPU
+        kwargs.update(base_url=engine.base_url, api_key_env=engine.api_key_env,
+                      concurrency=cfg.generation.concurrency)  # fmt: skip
+        resources = dict(num_gpus=0, num_cpus=0.25)
+    else:
+        kwargs.update(tensor_parallel_size=tp, dtype=dtype)
+        resources = dict(num_gpus=tp if pool.on_gpu else 0, num_cpus=1)  # transformers: CPUs only
+    t0 = time.perf_counter()
+    where = engine.base_url if engine.backend == "openai" else engine.backend
+    gpus = f", {tp} GPU{'s' if tp > 1 else ''} each" if pool.on_gpu else ""
+    log(f"generate {pool.label}: {pool.replicas} engine(s) of {weights} ({where}{gpus})")
+    # Blocks of one engine call each: an actor task then answers one batch and hands it on, so
+    # answers stream to the writer (and are committed) as they come, and replicas share the work.
+    out = rows.repartition(target_num_rows_per_block=cfg.generation.batch_size).map_batches(
+        BACKENDS[engine.backend], fn_constructor_kwargs=kwargs, compute=ray_actor_pool(pool.replicas),
+        batch_size=cfg.generation.batch_size, batch_format="pyarrow", **resources,
+        ray_remote_args_fn=partial(engine_restarts, cfg),
+    )  # fmt: skip
+    fence = f"fence-{uuid.uuid4().hex}"
+    try:
+        written = write_shards(cfg, out, fence)
+    except Exception as e:
+        failed = engine_failure(e, names, weights, cfg.generation.start_timeout_s)
+        if failed is not None:
+            raise failed from None
+        if not engine_died(e):
+            raise
+        # Its engines kept dying: what this pool had not written is marked, and the job goes on.
+        message = (f"the engine for {weights!r} died more than generation.engine_retries="
+                   f"{cfg.generation.engine_retries} times while answering; not retried further")  # fmt: skip
+        log(f"generate {pool.label}: {message}; marking the rows not yet written")
+        raise_fence(cfg.output, fence)
+        prior = read_prior(cfg.output)
+        done = prior.ids if prior is not None else pa.array([], pa.string())
+        marked = rows.map_batches(_mark_failed, fn_kwargs=dict(done=done, message=message),
+                                  batch_format="pyarrow", num_cpus=0.25)  # fmt: skip
+        marking = write_shards(cfg, marked)
+        # What this pool's models spent before their engines died: all they have written, less what
+        # earlier runs of the job had (pools never share a model, so running at once is no matter).
+        before = result.resumed.spend_of(names) if result.resumed is not None else 0.0
+        after = prior.spend_of(names) if prior is not None else 0.0
+        written = {**marking, "spend": after - before, "tokens": written_tokens(cfg.output, names, result.resumed)}
+    seconds = time.perf_counter() - t0
+    run = {
+        "pool": pool.label, "backend": engine.backend, "replicas": pool.replicas,
+        "gpus": tp * pool.replicas if pool.on_gpu else 0, "start_s": t0 - t_start, "seconds": seconds,
+        "rows": written["rows"], "spend": written["spend"], "errors": written["errors"], "tokens": written["tokens"],
+        "tokens_per_s_per_replica": written["tokens"] / seconds / pool.replicas if seconds > 0 else None,
+    }  # fmt: skip
+    log(f"generate {pool.label}: {run['rows']} rows in {seconds:.1f}s ({run['rows'] / max(seconds, 1e-9):.3g} rows/s, "
+        f"{written['tokens'] / max(seconds, 1e-9):.4g} tokens/s), {run['spend']:.6g} USD"
+        + (f", {run['errors']} generation errors" if run["errors"] else ""))  # fmt: skip
+    return run
+
+
+def written_tokens(output: str, models: list[str], resumed: Prior | None) -> int:
+    """Prompt plus answer tokens committed for these models in this run (earlier runs' left out)."""
+    import pyarrow.dataset as pads
+
+    from router.inputs import filesystem
+
+    files = committed_files(output)
+    if not files:
+        return 0
+    t = pads.dataset(files, filesystem=filesystem(output)[0], format="parquet").to_table(
+        columns=[S.ID, S.MODEL, S.INPUT_TOKENS, S.OUTPUT_TOKENS],
+        filter=pads.field(S.MODEL).isin(models),
+    )
+    if resumed is not None:
+        t = t.filter(pc.invert(pc.is_in(t[S.ID].cast(pa.string()), resumed.ids)))
+    return int((pc.sum(t[S.INPUT_TOKENS]).as_py() or 0) + (pc.sum(t[S.OUTPUT_TOKENS]).as_py() or 0))
+
+
+def write_shards(cfg: JobConfig, rows, fence: str | None = None) -> dict[str, Any]:
     """Finalise the rows and commit them to the output in whole shards of about
-    `generation.shard_rows` rows, as they come; returns their actual spend and generation errors.
-    `fence`: see `router.output.raise_fence`."""
+    `generation.shard_rows` rows, as they come; returns their rows, actual spend, generation
+    errors and tokens. `fence`: see `router.output.raise_fence`."""
     out = rows.map_batches(finalize, fn_kwargs=dict(text_column=cfg.text_column), batch_format="pyarrow",
                            num_cpus=0.25)  # fmt: skip
     done = out.map_batches(commit_shard, fn_kwargs=dict(output=cfg.output, fence=fence),
                            batch_size=cfg.generation.shard_rows,
                            batch_format="pyarrow", num_cpus=0.25)  # fmt: skip
-    spend, errors = 0.0, 0
+    total = {"rows": 0, "spend": 0.0, "errors": 0, "tokens": 0}
     for part in done.iter_rows():
-        spend += part["spend"]
-        errors += part["errors"]
-    return spend, errors
+        for k in total:
+            total[k] += part[k]
+    return total
 
 
 TALLY_SUMS = (S.PREDICTED_COST, S.ACTUAL_COST, S.INPUT_TOKENS, S.OUTPUT_TOKENS, S.PREDICTED_QUALITY)
 
 
+PROMPT_BYTES = "prompt_bytes"
+
+
 def tally_batch(batch: pa.Table) -> pa.Table:
     """Per-batch partial sums by (model, status); the driver adds them up."""
     sums = [c for c in TALLY_SUMS if c in batch.column_names]
-    t = batch.select([S.MODEL, S.STATUS, *sums]).group_by([S.MODEL, S.STATUS], use_threads=False)
+    t = batch.select([S.MODEL, S.STATUS, *sums])
+    if S.PROMPT in batch.column_names:  # routed rows, not yet answered: their load, for the schedule
+        t = t.append_column(PROMPT_BYTES, pc.fill_null(pc.binary_length(batch[S.PROMPT].cast(pa.string())), 0))
+        sums.append(PROMPT_BYTES)
+    t = t.group_by([S.MODEL, S.STATUS], use_threads=False)
     return t.aggregate([([], "count_all")] + [(c, "sum") for c in sums])
 
 
 def tally(ds) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Rows and sums per model and rows per status, with driver memory independent of N."""
+    """Rows and sums per model and rows per status, with driver memory independent of N. Each
+    model also gets `ok_rows` (rows with status ok) and, for routed rows, `ok_prompt_bytes`."""
     by_model: dict[Any, dict[str, Any]] = {}
     by_status: dict[str, int] = {}
     for part in ds.map_batches(tally_batch, batch_format="pyarrow", num_cpus=0.25).iter_rows():
-        m = by_model.setdefault(part[S.MODEL], {S.MODEL: part[S.MODEL], "count_all": 0})
+        m = by_model.setdefault(part[S.MODEL], {S.MODEL: part[S.MODEL], "count_all": 0, "ok_rows": 0})
         m["count_all"] += part["count_all"]
         by_status[part[S.STATUS]] = by_status.get(part[S.STATUS], 0) + part["count_all"]
         for c in TALLY_SUMS:
             if f"{c}_sum" in part:
                 m[f"{c}_sum"] = (m.get(f"{c}_sum") or 0) + (part[f"{c}_sum"] or 0)
+        if part[S.STATUS] == S.OK:
+            m["ok_rows"] += part["count_all"]
+            if f"{PROMPT_BYTES}_sum" in part:
+                m["ok_prompt_bytes"] = m.get("ok_prompt_bytes", 0) + (part[f"{PROMPT_BYTES}_sum"] or 0)
     return sorted(by_model.values(), key=lambda r: (r[S.MODEL] is None, r[S.MODEL] or "")), by_status
 
 
@@ -682,7 +835,7 @@ def plan_job(cfg: JobConfig) -> tuple[RunResult, Any]:
     init_ray(cfg)
     result = RunResult(output=None, n_rows=0, plan=None, budget=cfg.budget.total, allow_skip=False)
     assigned = route(cfg, result)
-    result.by_model, result.by_status = tally(assigned)
+    _, result.schedule = schedule_pools(cfg, result.by_model, build=False)
     return result, assigned
 
 

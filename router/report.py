@@ -114,6 +114,8 @@ def report_dict(cfg: JobConfig, result) -> dict[str, Any]:
             for p in result.phases
         ],
         "frontier": _with_chosen(result.frontier, result.by_model, result.budget),
+        "schedule": None if getattr(result, "schedule", None) is None else result.schedule.to_dict(),
+        "generation": getattr(result, "generation", []),
         "note": STANDIN_NOTE if result.standin else None,
     }
 
@@ -165,6 +167,17 @@ def format_summary(cfg: JobConfig, result) -> str:
     for p in d["phases"]:
         lines.append(f"{p['phase']:42} {p['rows']:>7} {p['seconds']:>9.1f} {p['rows_per_s']:>9.1f}")
     lines.append(f"{'total wall time':42} {'':>7} {sum(p['seconds'] for p in d['phases']):>9.1f}")
+    if getattr(result, "schedule", None) is not None:
+        from router.schedule import format_schedule
+
+        lines.extend(format_schedule(result.schedule))
+    else:
+        lines.append("schedule: no vLLM engine on GPUs: engine pools run in turn, models.NAME.replicas each")
+    for g in d["generation"]:
+        rate = g["tokens_per_s_per_replica"]
+        lines.append(f"  ran {g['pool']}: {g['replicas']} replica(s), {g['gpus']} GPUs, from {g['start_s']:.0f}s "
+                     f"for {g['seconds']:.0f}s, {g['tokens']} tokens"
+                     + (f" ({rate:.4g} tokens/s per replica)" if rate else ""))  # fmt: skip
     f = d.get("frontier")
     if f:
         c = f["chosen"]
@@ -216,10 +229,14 @@ def scan_output(output: str) -> dict[str, Any]:
     import pyarrow.dataset as pads
 
     from router.inputs import filesystem
+    from router.output import committed_files
     from router.pipeline import TALLY_SUMS, tally_batch
 
-    fs, path = filesystem(output)
-    ds = pads.dataset(path.rstrip("/"), filesystem=fs, format="parquet")
+    fs, _ = filesystem(output)
+    files = committed_files(output)  # the one rule for what the answers are (resume uses it too)
+    if not files:
+        raise ConfigError(f"{output!r} holds no answers (no part-*.parquet files): give the output folder of a `router run`")
+    ds = pads.dataset(files, filesystem=fs, format="parquet")
     names = set(ds.schema.names)
     if not {S.MODEL, S.STATUS} <= names:
         raise ConfigError(f"{output!r} is not a router output: it has no {S.MODEL!r} and {S.STATUS!r} columns")

@@ -78,9 +78,9 @@ def finished(tmp_path_factory):
     out.mkdir()
     cfg = load_config(CONFIG, ["input=in.jsonl", f"output={out}", "budget.total=0.002"])
     gen, rest = _rows(cfg, 120)
-    for name, t in (("gen.parquet", gen), ("rest.parquet", rest)):
+    for name, t in (("part-gen.parquet", gen), ("part-rest.parquet", rest)):  # committed shards' names
         pq.write_table(finalize(t, cfg.text_column), out / name)
-    rows = pa.concat_tables([pq.read_table(out / "gen.parquet"), pq.read_table(out / "rest.parquet")]).to_pylist()
+    rows = pa.concat_tables([pq.read_table(out / "part-gen.parquet"), pq.read_table(out / "part-rest.parquet")]).to_pylist()
     rng = np.random.default_rng(1)
     quality = rng.uniform(0.3, 0.9, (100, 9)).astype(np.float32)
     cost = rng.uniform(1e-6, 4e-5, (100, 9))
