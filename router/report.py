@@ -173,9 +173,11 @@ def format_summary(cfg: JobConfig, result) -> str:
         lines.extend(format_schedule(result.schedule))
     else:
         lines.append("schedule: no vLLM engine on GPUs: engine pools run in turn, models.NAME.replicas each")
+    from router.schedule import short_label
+
     for g in d["generation"]:
         rate = g["tokens_per_s_per_replica"]
-        lines.append(f"  ran {g['pool']}: {g['replicas']} replica(s), {g['gpus']} GPUs, from {g['start_s']:.0f}s "
+        lines.append(f"  ran {short_label(g['pool'])}: {g['replicas']} replica(s), {g['gpus']} GPUs, from {g['start_s']:.0f}s "
                      f"for {g['seconds']:.0f}s, {g['tokens']} tokens"
                      + (f" ({rate:.4g} tokens/s per replica)" if rate else ""))  # fmt: skip
     f = d.get("frontier")

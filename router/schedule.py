@@ -125,6 +125,7 @@ def shared(pools: list[PoolLoad], gpus: int) -> Schedule | None:
         if t <= p.load_s:
             return None
         r = max(1, math.ceil(p.tokens / ((t - p.load_s) * p.tokens_per_s) - 1e-9))
+        r = min(r, most(p) + 1)  # beyond that it cannot finish by t anyway; keeps the steps below few
         while r > 1 and p.seconds(r - 1) <= t:  # ceil's rounding, either way
             r -= 1
         while r <= most(p) and p.seconds(r) > t:
@@ -175,6 +176,12 @@ def plan_schedule(pools: list[PoolLoad], gpus: int, strategy: str = "auto") -> S
     return Schedule(chosen.strategy, gpus, chosen.placements, chosen.makespan_s, options)
 
 
+def short_label(name: str, width: int = 40) -> str:
+    """A pool's label for a table: its first model and how many more share the engine."""
+    names = name.split(", ")
+    return name if len(name) <= width else f"{names[0]} (+{len(names) - 1} more)"
+
+
 def format_schedule(s: Schedule) -> list[str]:
     """Lines for the plan/run summary."""
     other = {k: v for k, v in s.alternatives.items() if k != s.strategy}
@@ -182,8 +189,6 @@ def format_schedule(s: Schedule) -> list[str]:
     lines = [f"schedule: {s.strategy.replace('_', ' ')} on {s.gpus} GPUs, predicted {s.makespan_s:.0f}s"
              + (f" ({alt})" if alt else "")]  # fmt: skip
     for p in s.placements:
-        names = p.name.split(", ")
-        label = p.name if len(p.name) <= 40 else f"{names[0]} (+{len(names) - 1} more)"
-        lines.append(f"  {label:40} {p.replicas:>3} x {p.gpus // p.replicas} GPU  "
+        lines.append(f"  {short_label(p.name):40} {p.replicas:>3} x {p.gpus // p.replicas} GPU  "
                      f"start {p.start_s:>7.0f}s  takes {p.seconds:>7.0f}s")  # fmt: skip
     return lines

@@ -114,3 +114,12 @@ def test_shared_split_is_the_best_split_and_auto_picks_the_shorter(specs, gpus):
     assert chosen.makespan_s == pytest.approx(min(options))
     t = in_turn(pools, gpus)
     assert all(p.gpus <= gpus for p in t.placements)
+
+
+@pytest.mark.timeout(20)
+def test_a_finishing_time_just_past_another_pools_start_is_quick_to_rule_out():
+    """A candidate time a hair past a pool's start asks for an astronomical replica count: the search
+    must rule it out at once, not count down from it."""
+    pools = [pool("a", 1, load=100.0), pool("b", 1000, load=100.001 - 1e-12, max_replicas=4)]
+    s = shared(pools, 8)
+    assert s.makespan_s == pytest.approx(brute_force_shared(pools, 8))
