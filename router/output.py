@@ -123,12 +123,14 @@ def open_output(cfg: JobConfig) -> Prior | None:
     return None
 
 
-def read_prior(output: str) -> Prior | None:
-    """The ids and spend of the committed shards; shards left half-written are cleared away."""
+def read_prior(output: str, clear: bool = True) -> Prior | None:
+    """The ids and spend of the committed shards; shards left half-written are cleared away
+    (`clear=False` while other engine pools may be writing theirs)."""
     import pyarrow.dataset as pads
 
     fs, path = _fs(output)
-    clear_tmp(output)
+    if clear:
+        clear_tmp(output)
     files = committed_files(output)
     if not files:
         return None

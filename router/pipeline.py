@@ -724,7 +724,7 @@ def _answer_pool(cfg: JobConfig, pool: EnginePool, assigned, result: RunResult, 
                    f"{cfg.generation.engine_retries} times while answering; not retried further")  # fmt: skip
         log(f"generate {pool.label}: {message}; marking the rows not yet written")
         raise_fence(cfg.output, fence)
-        prior = read_prior(cfg.output)
+        prior = read_prior(cfg.output, clear=False)  # pools running at once may be writing into _tmp
         done = prior.ids if prior is not None else pa.array([], pa.string())
         marked = rows.map_batches(_mark_failed, fn_kwargs=dict(done=done, message=message),
                                   batch_format="pyarrow", num_cpus=0.25)  # fmt: skip
@@ -733,7 +733,8 @@ def _answer_pool(cfg: JobConfig, pool: EnginePool, assigned, result: RunResult, 
         # earlier runs of the job had (pools never share a model, so running at once is no matter).
         before = result.resumed.spend_of(names) if result.resumed is not None else 0.0
         after = prior.spend_of(names) if prior is not None else 0.0
-        written = {**marking, "spend": after - before, "tokens": written_tokens(cfg.output, names, result.resumed)}
+        rows_done, tokens = written_rows_and_tokens(cfg.output, names, result.resumed)
+        written = {**marking, "rows": rows_done, "spend": after - before, "tokens": tokens}
     seconds = time.perf_counter() - t0
     run = {
         "pool": pool.label, "backend": engine.backend, "replicas": pool.replicas,
@@ -747,22 +748,23 @@ def _answer_pool(cfg: JobConfig, pool: EnginePool, assigned, result: RunResult, 
     return run
 
 
-def written_tokens(output: str, models: list[str], resumed: Prior | None) -> int:
-    """Prompt plus answer tokens committed for these models in this run (earlier runs' left out)."""
+def written_rows_and_tokens(output: str, models: list[str], resumed: Prior | None) -> tuple[int, int]:
+    """Rows, and their prompt plus answer tokens, committed for these models in this run (earlier
+    runs' left out)."""
     import pyarrow.dataset as pads
 
     from router.inputs import filesystem
 
     files = committed_files(output)
     if not files:
-        return 0
+        return 0, 0
     t = pads.dataset(files, filesystem=filesystem(output)[0], format="parquet").to_table(
         columns=[S.ID, S.MODEL, S.INPUT_TOKENS, S.OUTPUT_TOKENS],
         filter=pads.field(S.MODEL).isin(models),
     )
     if resumed is not None:
         t = t.filter(pc.invert(pc.is_in(t[S.ID].cast(pa.string()), resumed.ids)))
-    return int((pc.sum(t[S.INPUT_TOKENS]).as_py() or 0) + (pc.sum(t[S.OUTPUT_TOKENS]).as_py() or 0))
+    return t.num_rows, int((pc.sum(t[S.INPUT_TOKENS]).as_py() or 0) + (pc.sum(t[S.OUTPUT_TOKENS]).as_py() or 0))
 
 
 def write_shards(cfg: JobConfig, rows, fence: str | None = None) -> dict[str, Any]:
