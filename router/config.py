@@ -200,13 +200,17 @@ class GenerationSpec:
     standin: bool = False
     """Replace every model's weights by one tiny random-weight model built locally on first use.
     Routing, grouping, token accounting and cost stay real; the answers are noise."""
-    batch_size: int = 64
+    batch_size: int = 256
     """Rows handed to an engine per call: vLLM batches them internally."""
     shard_rows: int = 4096
     """Rows per committed output file. Finished rows are committed in shards of about this size as
     they come; a job stopped half-way and run again with the same output resumes after them."""
     dtype: str = "auto"
     """vLLM dtype. The CPU build needs float32 for the stand-ins."""
+    in_process: bool | None = None
+    """vLLM: run each engine's core in its actor's own process (True) or in processes of its own
+    (False, vLLM's default). None: in-process for CPU engines with tensor_parallel 1, where it
+    starts about 2.5x faster and generates about 1.4x faster; vLLM's default on GPUs."""
     device: str = "auto"
     """`cuda`: engines ask Ray for GPUs (tensor_parallel each), which lets an autoscaling cluster
     start GPU nodes; `cpu`: vLLM's CPU build; `auto`: cuda if the cluster has GPUs right now."""
@@ -260,6 +264,8 @@ class GenerationSpec:
             raise ConfigError(f"generation.backend must be one of {', '.join(GENERATION_BACKENDS)}, got {self.backend!r}")
         if not isinstance(self.standin, bool):
             raise ConfigError(f"generation.standin must be true or false, got {self.standin!r}")
+        if self.in_process is not None and not isinstance(self.in_process, bool):
+            raise ConfigError(f"generation.in_process must be true, false or null (auto), got {self.in_process!r}")
         object.__setattr__(self, "batch_size", _positive_int(self.batch_size, "generation.batch_size"))
         object.__setattr__(self, "shard_rows", _positive_int(self.shard_rows, "generation.shard_rows"))
 

@@ -698,6 +698,9 @@ def _answer_pool(cfg: JobConfig, pool: EnginePool, assigned, result: RunResult, 
         resources = dict(num_gpus=0, num_cpus=0.25)
     else:
         kwargs.update(tensor_parallel_size=tp, dtype=dtype)
+        if engine.backend == "vllm":
+            in_process = cfg.generation.in_process
+            kwargs["in_process"] = (not pool.on_gpu and tp == 1) if in_process is None else in_process
         resources = dict(num_gpus=tp if pool.on_gpu else 0, num_cpus=1)  # transformers: CPUs only
     t0 = time.perf_counter()
     where = engine.base_url if engine.backend == "openai" else engine.backend
