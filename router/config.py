@@ -210,7 +210,7 @@ class GenerationSpec:
     in_process: bool | None = None
     """vLLM: run each engine's core in its actor's own process (True) or in processes of its own
     (False, vLLM's default). None: in-process for CPU engines with tensor_parallel 1, where it
-    starts about 2.5x faster and generates about 1.4x faster; vLLM's default on GPUs."""
+    starts about 2.5x faster and generates 1.25-1.45x faster (2 cores); vLLM's default on GPUs."""
     device: str = "auto"
     """`cuda`: engines ask Ray for GPUs (tensor_parallel each), which lets an autoscaling cluster
     start GPU nodes; `cpu`: vLLM's CPU build; `auto`: cuda if the cluster has GPUs right now."""

@@ -107,6 +107,30 @@ def test_bad_model_settings_fail_before_the_engine_starts(standin):
         )
 
 
+@pytest.mark.timeout(30)
+def test_an_in_process_engine_is_for_one_device(standin):
+    with pytest.raises(ValueError, match="in-process engine runs on one device"):
+        VLLMGenerator(str(standin), **ENGINE, tensor_parallel_size=2, in_process=True)
+
+
+@pytest.mark.timeout(300)
+def test_a_cpu_engine_runs_in_the_callers_process(generator):
+    # On vLLM's CPU build the engine core and its worker stay in this process (no re-import of torch
+    # and vLLM in two more processes, no competing for the same cores).
+    import psutil
+
+    assert generator.in_process
+    titles = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            titles.append(" ".join(child.cmdline()))
+        except psutil.Error:  # gone meanwhile
+            pass
+    assert not [t for t in titles if "VLLM::" in t or "EngineCore" in t], titles
+    out = generator(make_batch(["What is two plus two?"], ["tiny-short"]))
+    assert out[S.STATUS].to_pylist() == [S.OK] and out[S.OUTPUT_TOKENS][0].as_py() > 0
+
+
 @pytest.mark.timeout(300)
 def test_pool_models_sharing_an_engine_keep_their_own_limits_and_prices(generator):
     prompts = [f"Question {i}: what is {i} plus {i * 3}?" for i in range(10)]
