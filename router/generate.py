@@ -551,3 +551,41 @@ class OpenAIGenerator(Generator):
 
 BACKENDS = {"vllm": VLLMGenerator, "transformers": TransformersGenerator, "openai": OpenAIGenerator}
 """`generation.backend` -> the generator class."""
+
+
+class EngineHost:
+    """One engine (any backend's generator) in a Ray actor of its own, started before its rows
+    exist: the job creates it while encoding runs, so that the engine's start overlaps encoding,
+    scoring and the budget solve instead of following them. `HostedEngine` feeds it."""
+
+    def __init__(self, backend: str, kwargs: dict[str, Any]) -> None:
+        self._gen = BACKENDS[backend](**kwargs)
+        self._ready_at = time.time()
+
+    def ready(self) -> float:
+        """When the engine became ready (seconds since the epoch)."""
+        return self._ready_at
+
+    def answer(self, batch: pa.Table) -> pa.Table:
+        return self._gen(batch)
+
+
+class HostedEngine:
+    """Ray Data callable: hands each batch to one of a pool's started engines (`EngineHost`
+    actors, in turn) and returns its answers. With two of these per engine, the next batch
+    already waits at the engine when one finishes."""
+
+    def __init__(self, hosts: Sequence[Any]) -> None:
+        import random
+
+        if not hosts:
+            raise ValueError("hosts is empty: give the started engine actors")
+        self._hosts = list(hosts)
+        self._next = random.randrange(len(self._hosts))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import ray
+
+        host = self._hosts[self._next % len(self._hosts)]
+        self._next += 1
+        return ray.get(host.answer.remote(batch))

@@ -21,9 +21,9 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from collections.abc import Iterable
 from typing import Any, Callable
 
 import numpy as np
@@ -175,6 +175,12 @@ def _gpus_available() -> float:
     return float(ray.cluster_resources().get("GPU", 0))
 
 
+def encoder_on_gpu(cfg: JobConfig, gpus: float | None = None) -> bool:
+    """Whether the encoders ask for GPUs (`gpus`: the cluster's; None: ask Ray)."""
+    device = cfg.encoder.device
+    return device == "cuda" or (device == "auto" and (_gpus_available() if gpus is None else gpus) > 0)
+
+
 def summary_sink():
     """An actor that merges the budget summaries the Scorer sends (pass 1 riding on scoring).
     It holds one histogram, plus the keys of the batches seen so that a retried batch counts once."""
@@ -207,7 +213,7 @@ def scored_dataset(cfg: JobConfig, summary_sink=None, skip_ids: pa.Array | None 
     units, _ = plan_read(cfg.input, cfg.text_column, cfg.id_column)
     # Embed what the profiles were built from: the same part of a long prompt.
     window = load_profiles(cfg.profiles).meta.get("window", "head")
-    on_gpu = cfg.encoder.device == "cuda" or (cfg.encoder.device == "auto" and _gpus_available() > 0)
+    on_gpu = encoder_on_gpu(cfg)
     ds = ray.data.from_items(units_as_items(units), override_num_blocks=len(units))
     ds = ds.map_batches(
         ReadUnits, fn_constructor_kwargs=dict(text_column=cfg.text_column, id_column=cfg.id_column, skip_ids=skip_ids),
@@ -602,8 +608,10 @@ def pool_loads(cfg: JobConfig, groups: dict[Engine, list[ModelSpec]], by_model: 
     return loads
 
 
-def engines_on_gpu(cfg: JobConfig) -> bool:
-    return cfg.generation.device == "cuda" or (cfg.generation.device == "auto" and _gpus_available() > 0)
+def engines_on_gpu(cfg: JobConfig, gpus: float | None = None) -> bool:
+    """Whether vLLM engines ask for GPUs (`gpus`: the cluster's; None: ask Ray)."""
+    device = cfg.generation.device
+    return device == "cuda" or (device == "auto" and (_gpus_available() if gpus is None else gpus) > 0)
 
 
 def schedule_pools(cfg: JobConfig, by_model: list[dict[str, Any]], build: bool = True) -> tuple[list[EnginePool], Any]:
@@ -635,11 +643,104 @@ def schedule_pools(cfg: JobConfig, by_model: list[dict[str, Any]], build: bool =
     return pools, schedule
 
 
-def generate_and_write(cfg: JobConfig, assigned, result: RunResult) -> None:
+@dataclass
+class Started:
+    """Engine actors (`EngineHost`) started before routing, for the one engine pool they serve."""
+
+    engine: Engine
+    actors: list[Any]
+    created: float
+    """time.time() when they were created (an engine tells when it was ready in the same clock)."""
+
+    def wait_ready(self, cfg: JobConfig, names: list[str]) -> dict[str, float]:
+        """Block until every engine has started; a start that failed fails the job (its error is
+        raised), one that takes longer than generation.start_timeout_s from creation too. Returns
+        how long they took to start and how long before their rows they were ready (< 0: after)."""
+        import ray
+
+        timeout = cfg.generation.start_timeout_s
+        asked = time.time()
+        refs = [a.ready.remote() for a in self.actors]
+        _, pending = ray.wait(refs, num_returns=len(refs), timeout=max(1.0, timeout - (asked - self.created)))
+        if pending:
+            raise JobFailed(f"generate {', '.join(names)}: the engine(s) for {self.engine.weights!r} did not start within "
+                            f"{timeout:g} s (generation.start_timeout_s): the cluster may not have the GPUs, CPUs or "
+                            "memory they ask for")  # fmt: skip
+        ready_at = max(ray.get(refs))  # an engine that could not start raises its own error here
+        early = asked - ready_at
+        log(f"generate {', '.join(names)}: {len(self.actors)} engine(s) started in {ready_at - self.created:.1f}s, "
+            + (f"ready {early:.1f}s before their rows" if early >= 0 else f"their rows waited {-early:.1f}s for them"))
+        return {"engine_start_s": ready_at - self.created, "ready_before_rows_s": early}
+
+    def keep(self, n: int) -> None:
+        import ray
+
+        for a in self.actors[n:]:
+            ray.kill(a)
+        self.actors = self.actors[:n]
+
+    def stop(self) -> None:
+        self.keep(0)
+
+
+def prestart_plan(cfg: JobConfig, gpus: float) -> tuple[Engine, list[ModelSpec], int, bool] | None:
+    """Which engines to start before routing, given the cluster's GPUs: (engine, its pool models,
+    replicas, on GPUs), or None. Only when the job has one local engine pool (endpoints need no
+    start): which pool gets rows is known before routing then, and how many replicas too (on GPUs:
+    the GPUs less the encoders', as the in-turn schedule of one pool gives)."""
+    if cfg.generation.prestart is False:
+        return None
+    weights_of, _ = standin_weights(cfg, build=False)
+    groups = engine_groups(cfg, weights_of)
+    local = [e for e in groups if e.backend != "openai"]
+    if len(local) != 1:
+        return None
+    engine, members = local[0], groups[local[0]]
+    if not (engine.backend == "vllm" and engines_on_gpu(cfg, gpus)):
+        return engine, members, max(m.replicas for m in members), False
+    free = int(gpus) - (cfg.encoder.replicas if encoder_on_gpu(cfg, gpus) else 0)
+    n = min(free, cfg.generation.gpus or free) // engine.tensor_parallel
+    return (engine, members, n, True) if n >= 1 else None
+
+
+def start_engines(cfg: JobConfig) -> Started | None:
+    """Start the engines before routing (`prestart_plan`), so that their start (model load: seconds
+    to minutes) overlaps encoding, scoring and the budget solve. `generation.prestart=false` turns
+    it off."""
+    plan = prestart_plan(cfg, _gpus_available())
+    if plan is None:
+        return None
+    import ray
+
+    from router.generate import EngineHost
+
+    engine, members, n, on_gpu = plan
+    kwargs, resources = engine_settings(cfg, engine, members, on_gpu, standin_weights(cfg)[1])
+    if not on_gpu:
+        # A quarter CPU while the encoders run beside it (the CPU stages' actors take the rest of a
+        # 2-CPU node); its rows come after encoding, when those actors are gone.
+        resources["num_cpus"] = 0.25
+    actor = ray.remote(EngineHost).options(**resources, **engine_restarts(cfg))
+    started = Started(engine, [actor.remote(engine.backend, kwargs) for _ in range(n)], time.time())
+    log(f"generate: starting {n} engine(s) of {engine.weights} ({engine.backend}) while the prompts are encoded")
+    return started
+
+
+def generate_and_write(cfg: JobConfig, assigned, result: RunResult, started: Started | None = None) -> None:
     """Answer the routed rows engine pool by engine pool, committing shards as they come: models in
-    turn, or (a `shared` GPU schedule) every pool at once on its share of the GPUs."""
+    turn, or (a `shared` GPU schedule) every pool at once on its share of the GPUs. `started`: the
+    engines started before routing (`start_engines`), used by their pool."""
     pools, schedule = schedule_pools(cfg, result.by_model)
     result.schedule = schedule
+    hosts: dict[Engine, Started] = {}
+    if started is not None:
+        at = next((i for i, p in enumerate(pools) if p.engine == started.engine), None)
+        if at is None:
+            started.stop()  # no rows for it
+        else:
+            started.keep(min(len(started.actors), pools[at].replicas))
+            pools[at] = dataclasses.replace(pools[at], replicas=len(started.actors))
+            hosts[started.engine] = started
     if schedule is not None:
         from router.schedule import format_schedule
 
@@ -655,14 +756,16 @@ def generate_and_write(cfg: JobConfig, assigned, result: RunResult) -> None:
         # One thread per pool, each driving its own Ray Data execution. A pool that fails (an engine
         # that cannot start) fails the job once the others finish: what they wrote is committed.
         with ThreadPoolExecutor(max_workers=len(pools)) as ex:
-            futures = [ex.submit(_answer_pool, cfg, p, assigned, result, t0) for p in pools]
+            futures = [ex.submit(_answer_pool, cfg, p, assigned, result, t0, hosts.get(p.engine)) for p in pools]
             runs = [f.result() for f in futures]  # the first failure (in pool order) fails the job
         rows = sum(r["rows"] for r in runs)
         result.phases.append(Phase(f"generate ({len(pools)} engine pools at once)", rows, time.perf_counter() - t0))
     else:
         runs = []
         for p in pools:
-            runs.append(_answer_pool(cfg, p, assigned, result, t0))
+            runs.append(_answer_pool(cfg, p, assigned, result, t0, hosts.get(p.engine)))
+            if p.engine in hosts:
+                hosts[p.engine].stop()  # its GPUs go to the next pool
             label = p.names[0] if len(p.names) == 1 else f"{len(p.names)} models on one engine"
             result.phases.append(Phase(f"generate ({label})", runs[-1]["rows"], runs[-1]["seconds"]))
     result.generation = runs
@@ -674,15 +777,10 @@ def generate_and_write(cfg: JobConfig, assigned, result: RunResult) -> None:
     write_shards(cfg, rest)
 
 
-def _answer_pool(cfg: JobConfig, pool: EnginePool, assigned, result: RunResult, t_start: float) -> dict[str, Any]:
-    """Run one engine pool over its rows and commit them; returns what it did (rows, spend, tokens,
-    errors, start and seconds, replicas, measured tokens per second per replica)."""
-    from router.generate import BACKENDS
-
-    _, context_limit = standin_weights(cfg)
-    engine, members, names = pool.engine, pool.members, pool.names
-    weights, tp = engine.weights, engine.tensor_parallel
-    rows = assigned.map_batches(_select, fn_kwargs=dict(models=names), batch_format="pyarrow", num_cpus=0.25)
+def engine_settings(cfg: JobConfig, engine: Engine, members: Sequence[ModelSpec], on_gpu: bool,
+                    context_limit: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The generator's constructor arguments for one engine pool, and the Ray resources of each of
+    its engine actors."""
     settings = {
         m.name: dict(max_tokens=m.max_tokens, temperature=m.temperature, top_p=m.top_p,
                      input_price=m.input_price, output_price=m.output_price)
@@ -692,30 +790,54 @@ def _answer_pool(cfg: JobConfig, pool: EnginePool, assigned, result: RunResult, 
     if context_limit is not None:
         max_len = min(max_len, context_limit)
     dtype = "float32" if cfg.generation.standin else cfg.generation.dtype
-    kwargs: dict[str, Any] = dict(weights=weights, models=settings, max_model_len=max_len)
+    tp = engine.tensor_parallel
+    kwargs: dict[str, Any] = dict(weights=engine.weights, models=settings, max_model_len=max_len)
     if engine.backend == "openai":  # an HTTP client with requests in flight: no GPU, little CPU
         kwargs.update(base_url=engine.base_url, api_key_env=engine.api_key_env,
                       concurrency=cfg.generation.concurrency)  # fmt: skip
-        resources = dict(num_gpus=0, num_cpus=0.25)
-    else:
-        kwargs.update(tensor_parallel_size=tp, dtype=dtype)
-        if engine.backend == "vllm":
-            in_process = cfg.generation.in_process
-            kwargs["in_process"] = (not pool.on_gpu and tp == 1) if in_process is None else in_process
-        resources = dict(num_gpus=tp if pool.on_gpu else 0, num_cpus=1)  # transformers: CPUs only
+        return kwargs, dict(num_gpus=0, num_cpus=0.25)
+    kwargs.update(tensor_parallel_size=tp, dtype=dtype)
+    if engine.backend == "vllm":
+        in_process = cfg.generation.in_process
+        kwargs["in_process"] = (not on_gpu and tp == 1) if in_process is None else in_process
+    return kwargs, dict(num_gpus=tp if on_gpu else 0, num_cpus=1)  # transformers: CPUs only
+
+
+def _answer_pool(cfg: JobConfig, pool: EnginePool, assigned, result: RunResult, t_start: float,
+                 hosts: Started | None = None) -> dict[str, Any]:
+    """Run one engine pool over its rows and commit them; returns what it did (rows, spend, tokens,
+    errors, start and seconds, replicas, measured tokens per second per replica). `hosts`: its
+    engines, started earlier (`start_engines`); else the pass starts them."""
+    from router.generate import BACKENDS, HostedEngine
+
+    _, context_limit = standin_weights(cfg)
+    engine, members, names = pool.engine, pool.members, pool.names
+    weights, tp = engine.weights, engine.tensor_parallel
+    rows = assigned.map_batches(_select, fn_kwargs=dict(models=names), batch_format="pyarrow", num_cpus=0.25)
+    kwargs, resources = engine_settings(cfg, engine, members, pool.on_gpu, context_limit)
     t0 = time.perf_counter()
     where = engine.base_url if engine.backend == "openai" else engine.backend
     gpus = f", {tp} GPU{'s' if tp > 1 else ''} each" if pool.on_gpu else ""
     log(f"generate {pool.label}: {pool.replicas} engine(s) of {weights} ({where}{gpus})")
     # Blocks of one engine call each: an actor task then answers one batch and hands it on, so
     # answers stream to the writer (and are committed) as they come, and replicas share the work.
-    out = rows.repartition(target_num_rows_per_block=cfg.generation.batch_size).map_batches(
-        BACKENDS[engine.backend], fn_constructor_kwargs=kwargs, compute=ray_actor_pool(pool.replicas),
-        batch_size=cfg.generation.batch_size, batch_format="pyarrow", **resources,
-        ray_remote_args_fn=partial(engine_restarts, cfg),
-    )  # fmt: skip
+    blocks = rows.repartition(target_num_rows_per_block=cfg.generation.batch_size)
+    if hosts is None:
+        out = blocks.map_batches(
+            BACKENDS[engine.backend], fn_constructor_kwargs=kwargs, compute=ray_actor_pool(pool.replicas),
+            batch_size=cfg.generation.batch_size, batch_format="pyarrow", **resources,
+            ray_remote_args_fn=partial(engine_restarts, cfg),
+        )  # fmt: skip
+    else:
+        # Two feeders per started engine: one batch in the engine, the next waiting at it.
+        out = blocks.map_batches(
+            HostedEngine, fn_constructor_kwargs=dict(hosts=hosts.actors), compute=ray_actor_pool(2 * len(hosts.actors)),
+            batch_size=cfg.generation.batch_size, batch_format="pyarrow", num_cpus=0,
+        )  # fmt: skip
     fence = f"fence-{uuid.uuid4().hex}"
+    early: dict[str, float] = {}
     try:
+        early = hosts.wait_ready(cfg, names) if hosts is not None else {}
         written = write_shards(cfg, out, fence)
     except Exception as e:
         failed = engine_failure(e, names, weights, cfg.generation.start_timeout_s)
@@ -745,6 +867,7 @@ def _answer_pool(cfg: JobConfig, pool: EnginePool, assigned, result: RunResult, 
         "gpus": tp * pool.replicas if pool.on_gpu else 0, "start_s": t0 - t_start, "seconds": seconds,
         "rows": written["rows"], "spend": written["spend"], "errors": written["errors"], "tokens": written["tokens"],
         "tokens_per_s_per_replica": written["tokens"] / seconds / pool.replicas if seconds > 0 else None,
+        "prestarted": hosts is not None, **early,
     }  # fmt: skip
     log(f"generate {pool.label}: {run['rows']} rows in {seconds:.1f}s ({run['rows'] / max(seconds, 1e-9):.3g} rows/s, "
         f"{written['tokens'] / max(seconds, 1e-9):.4g} tokens/s), {run['spend']:.6g} USD"
@@ -871,8 +994,13 @@ def run_job(cfg: JobConfig) -> RunResult:
         todo = dataclasses.replace(cfg, budget=dataclasses.replace(cfg.budget, total=left))
         log(f"resuming: {prior.rows} rows already written in {prior.files} shards ({prior.spend:.6g} USD spent); "
             f"routing the rest with {left:.6g} USD")  # fmt: skip
-    assigned = route(todo, result, None if prior is None else prior.ids)
-    generate_and_write(todo, assigned, result)
+    started = start_engines(todo)
+    try:
+        assigned = route(todo, result, None if prior is None else prior.ids)
+        generate_and_write(todo, assigned, result, started)
+    finally:
+        if started is not None:
+            started.stop()
     clear_tmp(cfg.output)
     summarize_output(cfg, result)
     from router.report import write_report

@@ -176,10 +176,11 @@ def format_summary(cfg: JobConfig, result) -> str:
     from router.schedule import short_label
 
     for g in d["generation"]:
-        rate = g["tokens_per_s_per_replica"]
+        rate, early = g["tokens_per_s_per_replica"], g.get("engine_start_s")
         lines.append(f"  ran {short_label(g['pool'])}: {g['replicas']} replica(s), {g['gpus']} GPUs, from {g['start_s']:.0f}s "
                      f"for {g['seconds']:.0f}s, {g['tokens']} tokens"
-                     + (f" ({rate:.4g} tokens/s per replica)" if rate else ""))  # fmt: skip
+                     + (f" ({rate:.4g} tokens/s per replica)" if rate else "")
+                     + (f"; engines started during encoding, in {early:.0f}s" if early is not None else ""))  # fmt: skip
     f = d.get("frontier")
     if f:
         c = f["chosen"]

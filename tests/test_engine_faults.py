@@ -62,7 +62,8 @@ def engine_actors(root: int) -> list[psutil.Process]:
     found = []
     for p in psutil.Process(root).children(recursive=True):
         try:
-            if "VLLMGenerator" in " ".join(p.cmdline()):
+            title = " ".join(p.cmdline())
+            if "VLLMGenerator" in title or "EngineHost" in title:
                 found.append(p)
         except psutil.Error:
             continue

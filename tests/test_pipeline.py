@@ -65,6 +65,14 @@ def test_every_input_row_appears_exactly_once(job):
     assert all(r["source"] == "t" for r in out)  # pass-through column kept
 
 
+def test_the_engine_started_while_the_prompts_were_encoded(job):
+    # One engine pool (the stand-in): its engine was started before routing and answered every row.
+    _, _, result, _, _, _ = job
+    (run,) = result.generation
+    assert run["prestarted"] and run["replicas"] == 1 and run["engine_start_s"] > 0
+    assert run["rows"] == len(PROMPTS) + 1
+
+
 def test_bad_rows_get_a_status_and_no_generation(job):
     _, _, _, by_id, _, _ = job
     for rid in ("empty", "null", "number"):
@@ -198,13 +206,15 @@ def test_group_routing_gives_each_group_one_model(job, tmp_path):
 
 def test_the_transformers_backend_runs_the_same_job(job, tmp_path):
     """generation.backend=transformers: the CPU fallback answers the routed rows in a real job, with
-    the same accounting (tokens, actual cost within the budget, one row per input row)."""
+    the same accounting (tokens, actual cost within the budget, one row per input row). Its engine
+    starts when its rows are routed (generation.prestart=false), the other way engines run."""
     cfg, rows, _, _, _, _ = job
     from router.pipeline import run_job
 
     tf = load_config(CONFIG, [f"input={cfg.input}", f"output={tmp_path / 'out'}", "budget.total=0.0006",
-                              "generation.backend=transformers", *SHORT_CONTEXT])  # fmt: skip
+                              "generation.backend=transformers", "generation.prestart=false", *SHORT_CONTEXT])  # fmt: skip
     result = run_job(tf)
+    assert not result.generation[0]["prestarted"]  # its engine started with its rows, in a Ray Data actor
     out = pads.dataset(str(tmp_path / "out"), format="parquet").to_table().to_pylist()
     assert sorted(r[S.ID] for r in out) == sorted(r["id"] for r in rows) and result.n_rows == len(rows)
     answered = [r for r in out if r[S.STATUS] == S.OK]

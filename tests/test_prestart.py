@@ -1,0 +1,55 @@
+"""Which engines start while the prompts are encoded (`router.pipeline.prestart_plan`): the one
+local engine pool of a job, on as many replicas as it would get, never GPUs the encoders need."""
+
+import pytest
+
+from router.config import load_config
+from router.pipeline import engine_groups, prestart_plan, standin_weights
+
+pytestmark = pytest.mark.timeout(60)
+
+CONFIG = "jobs/configs/local.yaml"
+MODELS = [m.name for m in load_config(CONFIG, ["input=x", "output=y"]).models]
+REAL = ["generation.standin=false"]  # each model its own weights: one engine pool per model
+
+
+def cfg(*overrides: str):
+    return load_config(CONFIG, ["input=x", "output=y", *overrides])
+
+
+def only(*keep: str) -> list[str]:
+    """Overrides that leave only these models in the pool (the others behind one endpoint)."""
+    return [f"models.{m}.backend=openai" for m in MODELS if m not in keep] + [
+        "generation.base_url=http://127.0.0.1:9/v1"
+    ]
+
+
+def test_the_stand_in_engine_starts_early_on_its_configured_replicas():
+    c = cfg("models.qwen2.5-7b-instruct.replicas=2")
+    engine, members, replicas, on_gpu = prestart_plan(c, gpus=0)
+    assert [m.name for m in members] == MODELS and replicas == 2 and not on_gpu
+    # The engine the pool will run on once its rows are routed, the stand-in built.
+    assert engine in engine_groups(c, standin_weights(c)[0])
+
+
+def test_nothing_starts_early_with_several_local_pools_or_when_turned_off():
+    assert prestart_plan(cfg(*REAL), gpus=0) is None  # nine weights: which get rows is known after routing
+    assert prestart_plan(cfg("generation.prestart=false"), gpus=0) is None
+    assert prestart_plan(cfg(*only()), gpus=0) is None  # endpoints only: nothing to start
+
+
+def test_one_local_model_beside_endpoints_starts_early():
+    keep = MODELS[0]
+    engine, members, replicas, _ = prestart_plan(cfg(*REAL, *only(keep)), gpus=0)
+    assert [m.name for m in members] == [keep] and engine.backend == "vllm" and replicas == 1
+
+
+def test_on_gpus_the_engines_take_what_the_encoders_leave():
+    keep = MODELS[0]
+    gpu = [*REAL, *only(keep), "generation.device=cuda", f"models.{keep}.tensor_parallel=2"]
+    _, _, replicas, on_gpu = prestart_plan(cfg(*gpu, "encoder.device=cuda", "encoder.replicas=1"), gpus=8)
+    assert on_gpu and replicas == 3  # (8 - 1 encoder GPU) // 2
+    assert prestart_plan(cfg(*gpu, "encoder.device=cpu"), gpus=8)[2] == 4
+    assert prestart_plan(cfg(*gpu, "encoder.device=cpu", "generation.gpus=4"), gpus=8)[2] == 2
+    # One GPU, and the encoder holds it: the engine starts after routing, as without prestart.
+    assert prestart_plan(cfg(*gpu, "encoder.device=cuda", f"models.{keep}.tensor_parallel=1"), gpus=1) is None
