@@ -3,11 +3,12 @@ directly on the same prompts, model and sampling settings, in the same run.
 
     python bench/pipeline.py [--rows 2000] [--config jobs/configs/local.yaml]
 
-Both sides run in fresh processes, one after the other, on the config's stand-in model (vLLM's CPU
-build here). The table gives generated tokens per second of each: the baseline counts
-`generate` alone (engine already started) and with the engine's start; the pipeline counts its
-whole wall time, from `router run` to the last parquet file, plus its own phase table. The ratio
-(pipeline / baseline) is what issue-level targets refer to.
+Each side runs in a fresh process, one after the other, on the config's stand-in model (vLLM's
+CPU build here). The table gives generated tokens per second of each: the baseline counts
+`generate` alone (engine already started) and with the engine's start, once with vLLM's default
+engine (its core and worker in processes of their own) and once with the engine in one process,
+as the pipeline runs it on a CPU (the ratios are against that one); the pipeline counts its whole
+wall time, from `router run` to the last parquet file, plus its own phase table.
 """
 
 from __future__ import annotations
