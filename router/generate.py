@@ -296,11 +296,11 @@ class Generator:
 
 
 def _engine_in_this_process(yes: bool) -> None:
-    """Run vLLM's engine core and its one worker in this process, not in two processes of their own.
-    On the CPU build the two extra processes each import torch and vLLM again (engine start 55-65 s
-    instead of 25 s on a 2-core machine) and then compete with this one for the same cores (generation 1.25-1.45x
-    slower); on a GPU the separate engine process overlaps scheduling with the forward pass, so
-    vLLM's default is kept there."""
+    """Run vLLM's engine core and its one worker in this process, not in two processes of their own
+    (`yes`), or leave vLLM's default. On the CPU build the two extra processes each import torch and
+    vLLM again (engine start 55-65 s instead of 25 s on a 2-core machine) and then compete with this
+    one for the same cores (generation 1.25-1.45x slower); on a GPU the separate engine process
+    overlaps scheduling with the forward pass, so vLLM's default is kept there."""
     import vllm.envs as envs
 
     global _SET_IN_PROCESS
