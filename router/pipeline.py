@@ -862,11 +862,13 @@ def _answer_pool(cfg: JobConfig, pool: EnginePool, assigned, result: RunResult, 
         rows_done, tokens = written_rows_and_tokens(cfg.output, names, result.resumed)
         written = {**marking, "rows": rows_done, "spend": after - before, "tokens": tokens}
     seconds = time.perf_counter() - t0
+    # What the engines spent answering: less the time the rows waited for engines started early.
+    busy = seconds - max(0.0, -early.get("ready_before_rows_s", 0.0))
     run = {
         "pool": pool.label, "backend": engine.backend, "replicas": pool.replicas,
         "gpus": tp * pool.replicas if pool.on_gpu else 0, "start_s": t0 - t_start, "seconds": seconds,
         "rows": written["rows"], "spend": written["spend"], "errors": written["errors"], "tokens": written["tokens"],
-        "tokens_per_s_per_replica": written["tokens"] / seconds / pool.replicas if seconds > 0 else None,
+        "tokens_per_s_per_replica": written["tokens"] / busy / pool.replicas if busy > 0 else None,
         "prestarted": hosts is not None, **early,
     }  # fmt: skip
     log(f"generate {pool.label}: {run['rows']} rows in {seconds:.1f}s ({run['rows'] / max(seconds, 1e-9):.3g} rows/s, "
