@@ -175,9 +175,9 @@ def _gpus_available() -> float:
     return float(ray.cluster_resources().get("GPU", 0))
 
 
-def encoder_on_gpu(cfg: JobConfig, gpus: float | None = None) -> bool:
-    """Whether the encoders ask for GPUs (`gpus`: the cluster's; None: ask Ray)."""
-    device = cfg.encoder.device
+def wants_gpus(device: str, gpus: float | None = None) -> bool:
+    """Whether a stage with this `device` setting (cuda, cpu or auto) asks for GPUs; `gpus`: the
+    cluster's (None: ask Ray)."""
     return device == "cuda" or (device == "auto" and (_gpus_available() if gpus is None else gpus) > 0)
 
 
@@ -213,7 +213,7 @@ def scored_dataset(cfg: JobConfig, summary_sink=None, skip_ids: pa.Array | None 
     units, _ = plan_read(cfg.input, cfg.text_column, cfg.id_column)
     # Embed what the profiles were built from: the same part of a long prompt.
     window = load_profiles(cfg.profiles).meta.get("window", "head")
-    on_gpu = encoder_on_gpu(cfg)
+    on_gpu = wants_gpus(cfg.encoder.device)
     ds = ray.data.from_items(units_as_items(units), override_num_blocks=len(units))
     ds = ds.map_batches(
         ReadUnits, fn_constructor_kwargs=dict(text_column=cfg.text_column, id_column=cfg.id_column, skip_ids=skip_ids),
@@ -608,12 +608,6 @@ def pool_loads(cfg: JobConfig, groups: dict[Engine, list[ModelSpec]], by_model: 
     return loads
 
 
-def engines_on_gpu(cfg: JobConfig, gpus: float | None = None) -> bool:
-    """Whether vLLM engines ask for GPUs (`gpus`: the cluster's; None: ask Ray)."""
-    device = cfg.generation.device
-    return device == "cuda" or (device == "auto" and (_gpus_available() if gpus is None else gpus) > 0)
-
-
 def schedule_pools(cfg: JobConfig, by_model: list[dict[str, Any]], build: bool = True) -> tuple[list[EnginePool], Any]:
     """The engine pools with rows to answer, in the order and replica counts they run with, and the
     GPU schedule (None when no vLLM engine runs on GPUs, or the GPUs to plan for are unknown).
@@ -623,7 +617,7 @@ def schedule_pools(cfg: JobConfig, by_model: list[dict[str, Any]], build: bool =
     weights_of, _ = standin_weights(cfg, build)
     groups = engine_groups(cfg, weights_of)
     loads = pool_loads(cfg, groups, by_model)
-    on_gpu = engines_on_gpu(cfg)
+    on_gpu = wants_gpus(cfg.generation.device)
     gpu_engines = [e for e in loads if on_gpu and e.backend == "vllm"]
     gpus = cfg.generation.gpus or int(_gpus_available())
     schedule = None
@@ -696,9 +690,9 @@ def prestart_plan(cfg: JobConfig, gpus: float) -> tuple[Engine, list[ModelSpec],
     if len(local) != 1:
         return None
     engine, members = local[0], groups[local[0]]
-    if not (engine.backend == "vllm" and engines_on_gpu(cfg, gpus)):
+    if not (engine.backend == "vllm" and wants_gpus(cfg.generation.device, gpus)):
         return engine, members, max(m.replicas for m in members), False
-    free = int(gpus) - (cfg.encoder.replicas if encoder_on_gpu(cfg, gpus) else 0)
+    free = int(gpus) - (cfg.encoder.replicas if wants_gpus(cfg.encoder.device, gpus) else 0)
     n = min(free, cfg.generation.gpus or free) // engine.tensor_parallel
     return (engine, members, n, True) if n >= 1 else None
 
@@ -732,7 +726,6 @@ def generate_and_write(cfg: JobConfig, assigned, result: RunResult, started: Sta
     engines started before routing (`start_engines`), used by their pool."""
     pools, schedule = schedule_pools(cfg, result.by_model)
     result.schedule = schedule
-    hosts: dict[Engine, Started] = {}
     if started is not None:
         at = next((i for i, p in enumerate(pools) if p.engine == started.engine), None)
         if at is None:
@@ -740,7 +733,10 @@ def generate_and_write(cfg: JobConfig, assigned, result: RunResult, started: Sta
         else:
             started.keep(min(len(started.actors), pools[at].replicas))
             pools[at] = dataclasses.replace(pools[at], replicas=len(started.actors))
-            hosts[started.engine] = started
+
+    def hosts(p: EnginePool) -> Started | None:
+        return started if started is not None and p.engine == started.engine else None
+
     if schedule is not None:
         from router.schedule import format_schedule
 
@@ -756,16 +752,16 @@ def generate_and_write(cfg: JobConfig, assigned, result: RunResult, started: Sta
         # One thread per pool, each driving its own Ray Data execution. A pool that fails (an engine
         # that cannot start) fails the job once the others finish: what they wrote is committed.
         with ThreadPoolExecutor(max_workers=len(pools)) as ex:
-            futures = [ex.submit(_answer_pool, cfg, p, assigned, result, t0, hosts.get(p.engine)) for p in pools]
+            futures = [ex.submit(_answer_pool, cfg, p, assigned, result, t0, hosts(p)) for p in pools]
             runs = [f.result() for f in futures]  # the first failure (in pool order) fails the job
         rows = sum(r["rows"] for r in runs)
         result.phases.append(Phase(f"generate ({len(pools)} engine pools at once)", rows, time.perf_counter() - t0))
     else:
         runs = []
         for p in pools:
-            runs.append(_answer_pool(cfg, p, assigned, result, t0, hosts.get(p.engine)))
-            if p.engine in hosts:
-                hosts[p.engine].stop()  # its GPUs go to the next pool
+            runs.append(_answer_pool(cfg, p, assigned, result, t0, hosts(p)))
+            if hosts(p) is not None:
+                started.stop()  # its GPUs go to the next pool
             label = p.names[0] if len(p.names) == 1 else f"{len(p.names)} models on one engine"
             result.phases.append(Phase(f"generate ({label})", runs[-1]["rows"], runs[-1]["seconds"]))
     result.generation = runs
@@ -810,11 +806,9 @@ def _answer_pool(cfg: JobConfig, pool: EnginePool, assigned, result: RunResult, 
     engines, started earlier (`start_engines`); else the pass starts them."""
     from router.generate import BACKENDS, HostedEngine
 
-    _, context_limit = standin_weights(cfg)
     engine, members, names = pool.engine, pool.members, pool.names
     weights, tp = engine.weights, engine.tensor_parallel
     rows = assigned.map_batches(_select, fn_kwargs=dict(models=names), batch_format="pyarrow", num_cpus=0.25)
-    kwargs, resources = engine_settings(cfg, engine, members, pool.on_gpu, context_limit)
     t0 = time.perf_counter()
     where = engine.base_url if engine.backend == "openai" else engine.backend
     gpus = f", {tp} GPU{'s' if tp > 1 else ''} each" if pool.on_gpu else ""
@@ -823,6 +817,7 @@ def _answer_pool(cfg: JobConfig, pool: EnginePool, assigned, result: RunResult, 
     # answers stream to the writer (and are committed) as they come, and replicas share the work.
     blocks = rows.repartition(target_num_rows_per_block=cfg.generation.batch_size)
     if hosts is None:
+        kwargs, resources = engine_settings(cfg, engine, members, pool.on_gpu, standin_weights(cfg)[1])
         out = blocks.map_batches(
             BACKENDS[engine.backend], fn_constructor_kwargs=kwargs, compute=ray_actor_pool(pool.replicas),
             batch_size=cfg.generation.batch_size, batch_format="pyarrow", **resources,
