@@ -143,7 +143,8 @@ class EncoderSpec:
     """`auto` (torch fp16 on a GPU, ONNX Runtime on a CPU), `torch`, `onnx`, or
     `sentence-transformers` (its own `encode`: slower, the reference)."""
     tokenizers: int = 0
-    """Tokenizer actors (CPU) feeding the encoders; 0: as many as half the cluster's CPUs."""
+    """Tokenizer actors (CPU) feeding GPU encoders; 0: as many as half the cluster's CPUs. A CPU
+    encoder tokenizes its own batches."""
     threads: int = 0
     """Threads of a CPU encoder actor; 0: all the cores of its node."""
 

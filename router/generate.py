@@ -561,13 +561,26 @@ class EngineHost:
     def __init__(self, backend: str, kwargs: dict[str, Any]) -> None:
         self._gen = BACKENDS[backend](**kwargs)
         self._ready_at = time.time()
+        self._first_call: float | None = None
+        self._busy = 0.0
 
     def ready(self) -> float:
         """When the engine became ready (seconds since the epoch)."""
         return self._ready_at
 
     def answer(self, batch: pa.Table) -> pa.Table:
-        return self._gen(batch)
+        t0 = time.time()
+        if self._first_call is None:
+            self._first_call = t0
+        try:
+            return self._gen(batch)
+        finally:
+            self._busy += time.time() - t0
+
+    def usage(self) -> dict[str, float | None]:
+        """When the first batch arrived (seconds since the epoch; None: none yet) and the seconds
+        spent answering since."""
+        return {"first_call": self._first_call, "busy_s": self._busy}
 
 
 class HostedEngine:

@@ -219,5 +219,11 @@ class ReadUnits:
                 yield pa.Table.from_batches([batch])
 
 
+def read_units(units: pa.Table, text_column: str, id_column: str, skip_ids: pa.Array | None = None) -> Iterator[pa.Table]:
+    """`ReadUnits` as a function, for a Ray Data task stage (which Ray Data can fuse into the actor
+    stage after it)."""
+    yield from ReadUnits(text_column, id_column, skip_ids=skip_ids)(units)
+
+
 def units_as_items(units: list[ReadUnit]) -> list[dict]:
     return [asdict(u) for u in units]

@@ -21,7 +21,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable
@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 from router import budget as B
 from router import schema as S
 from router.config import ConfigError, JobConfig, JobFailed, ModelSpec
-from router.inputs import ReadUnits, plan_read, units_as_items
+from router.inputs import plan_read, read_units, units_as_items
 from router.output import Prior, clear_tmp, commit_shard, committed_files, open_output, raise_fence, read_prior
 from router.profiles import load_profiles
 from router.route import (
@@ -43,6 +43,41 @@ from router.route import (
 # Rows per batch for the vectorised stages (score, budget, assign): large enough that numpy's
 # per-call overhead vanishes, small enough to stay in cache-friendly sizes.
 ROUTE_BATCH = 8192
+
+# A job of at most this many rows runs the passes after scoring (the budget's second pass, the
+# frontier's sample, the assignment and its tally) in the driver, on the materialised blocks: on a
+# small job the work takes milliseconds, while starting Ray worker processes for it took seconds
+# (about 3 s for the first task pass after encoding and 1.5 s for the Assigner's actor, on 2
+# cores). Larger jobs run them as Ray Data passes, spread over the cluster. The driver holds one
+# batch at a time, and the assigned rows of such a job (a few MB: no embeddings by then).
+SMALL_JOB_ROWS = 50_000
+
+
+def small_job(ds) -> bool:
+    """Whether the passes over this materialised dataset run in the driver (`SMALL_JOB_ROWS`)."""
+    return ds.count() <= SMALL_JOB_ROWS
+
+
+def driver_batches(ds, columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """The materialised dataset's rows in batches of ROUTE_BATCH, read in the driver (no task)."""
+    for batch in ds.iter_batches(batch_size=ROUTE_BATCH, batch_format="pyarrow", prefetch_batches=0):
+        yield batch.select(columns) if columns else batch
+
+
+def per_batch(ds, fn: Callable[..., pa.Table], columns: list[str] | None = None, **kwargs) -> Iterator[pa.Table]:
+    """`fn(batch, **kwargs)` over a materialised dataset's rows, one table per batch of ROUTE_BATCH:
+    in the driver for a small job (`small_job`), else as a Ray Data task pass."""
+    if small_job(ds):
+        for batch in driver_batches(ds, columns):
+            yield fn(batch, **kwargs)
+        return
+    import ray
+
+    narrow = ds.select_columns(columns) if columns else ds
+    refs = narrow.map_batches(fn, fn_kwargs=kwargs, batch_size=ROUTE_BATCH, batch_format="pyarrow",
+                              num_cpus=1).to_arrow_refs()  # one task per CPU: nothing else runs now
+    for ref in refs:
+        yield ray.get(ref)
 
 
 @dataclass
@@ -214,26 +249,34 @@ def scored_dataset(cfg: JobConfig, summary_sink=None, skip_ids: pa.Array | None 
     # Embed what the profiles were built from: the same part of a long prompt.
     window = load_profiles(cfg.profiles).meta.get("window", "head")
     on_gpu = wants_gpus(cfg.encoder.device)
-    ds = ray.data.from_items(units_as_items(units), override_num_blocks=len(units))
-    ds = ds.map_batches(
-        ReadUnits, fn_constructor_kwargs=dict(text_column=cfg.text_column, id_column=cfg.id_column, skip_ids=skip_ids),
-        compute=ray.data.ActorPoolStrategy(size=1), batch_size=1, batch_format="pyarrow", num_cpus=0.25,
-    )  # fmt: skip
     enc = cfg.encoder
     cpus = int(ray.cluster_resources().get("CPU", 1))
     routers = max(1, cpus // 4)  # Scorer actors: each keeps up with about one GPU encoder (bench/route.py)
-    if enc.backend != "sentence-transformers":  # tokenize on CPU actors; the encoders get ids
-        tokenizers = enc.tokenizers or max(1, cpus // 2)
+    # GPU encoders get their rows tokenized by CPU actors, so the GPU only embeds. A CPU encoder
+    # tokenizes its own batches: tokenizing is a few percent of its time (bench/encode.py), where a
+    # process of its own cost about 3 s of a small job on 2 cores.
+    tokenizers = enc.backend != "sentence-transformers" and on_gpu
+    encoder_args = dict(num_gpus=1 if on_gpu else 0, num_cpus=1)
+    # Reading runs as tasks asking for what the next stage's actors ask for, so that Ray Data fuses
+    # the two: each tokenizer (or CPU encoder) actor reads the units it then works on. No reader
+    # process of its own, and reads run as wide as that stage.
+    read_args = dict(num_cpus=0.25) if tokenizers else encoder_args
+    ds = ray.data.from_items(units_as_items(units), override_num_blocks=len(units))
+    ds = ds.map_batches(
+        read_units, fn_kwargs=dict(text_column=cfg.text_column, id_column=cfg.id_column, skip_ids=skip_ids),
+        batch_size=1, batch_format="pyarrow", **read_args,
+    )  # fmt: skip
+    if tokenizers:
         ds = ds.map_batches(
             Tokenize, fn_constructor_kwargs=dict(model=enc.model, window=window),
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=tokenizers), batch_size=enc.batch_size,
-            batch_format="pyarrow", num_cpus=0.25,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=enc.tokenizers or max(1, cpus // 2)),
+            batch_size=enc.batch_size, batch_format="pyarrow", num_cpus=0.25,
         )  # fmt: skip
     ds = ds.map_batches(
         Encoder, fn_constructor_kwargs=dict(model=enc.model, device="cuda" if on_gpu else "cpu", backend=enc.backend,
                                             window=window, threads=enc.threads or None),
         compute=ray.data.ActorPoolStrategy(size=enc.replicas), batch_size=enc.batch_size,
-        batch_format="pyarrow", num_gpus=1 if on_gpu else 0, num_cpus=1,
+        batch_format="pyarrow", **encoder_args,
     )  # fmt: skip
     ds = ds.map_batches(
         Scorer, fn_constructor_kwargs=dict(profiles=cfg.profiles, pool=PoolArrays.from_config(cfg),
@@ -269,11 +312,8 @@ def _collect_rows(batch: pa.Table, bin: int, allow_skip: bool) -> pa.Table:
 
 def _merged_summary(scored, allow_skip: bool) -> B.BudgetSummary:
     total = B.BudgetSummary.empty(allow_skip=allow_skip)
-    summaries = scored.select_columns([S.QUALITY, S.COST]).map_batches(
-        _summary_rows, fn_kwargs=dict(allow_skip=allow_skip), batch_size=ROUTE_BATCH, batch_format="pyarrow",
-        num_cpus=1,  # nothing else runs now: one task per CPU, no extra worker processes to start
-    )  # fmt: skip
-    for row in summaries.iter_rows():  # one row per batch; the driver keeps one histogram
+    summaries = per_batch(scored, _summary_rows, [S.QUALITY, S.COST], allow_skip=allow_skip)
+    for row in (r for t in summaries for r in t.to_pylist()):  # one row per batch; the driver keeps one histogram
         hist = np.zeros(B.NBINS)
         counts = np.zeros(B.NBINS, np.int64)
         hist[row["bins"]] = row["hist"]
@@ -295,13 +335,8 @@ def solve_plan(scored, budget: float, summary: B.BudgetSummary | None = None) ->
     bin = B.critical_bin(summary, budget)
     if bin is None:
         return B.solve_lambda(summary, budget, [], [], []), allow_skip
-    found = scored.select_columns([S.ID, S.QUALITY, S.COST]).map_batches(
-        _collect_rows, fn_kwargs=dict(bin=bin, allow_skip=allow_skip), batch_size=ROUTE_BATCH,
-        batch_format="pyarrow", num_cpus=1,
-    ).to_arrow_refs()  # fmt: skip
-    import ray
-
-    tables = [t for t in ray.get(found) if t.num_rows]
+    found = per_batch(scored, _collect_rows, [S.ID, S.QUALITY, S.COST], bin=bin, allow_skip=allow_skip)
+    tables = [t for t in found if t.num_rows]
     t = pa.concat_tables(tables) if tables else pa.table({"lam": [], "dcost": [], "key": []})
     lam = t["lam"].to_numpy()
     dcost = t["dcost"].to_numpy()
@@ -341,14 +376,8 @@ def _skip_note(error: Exception) -> None:
 def solve_group_plan(scored, budget: float, column: str, caps: dict[int, B.ModelCap]) -> tuple[B.GroupPlan, bool]:
     """One pass of per-batch group sums, merged on the driver (one row per group), and the group
     solve (with the caps, if any)."""
-    import ray
-
-    found = scored.map_batches(
-        _group_rows, fn_kwargs=dict(column=column), batch_size=ROUTE_BATCH, batch_format="pyarrow", num_cpus=1
-    ).to_arrow_refs()  # fmt: skip
     total: B.GroupSums | None = None
-    for ref in found:
-        t = ray.get(ref)
+    for t in per_batch(scored, _group_rows, column=column):
         if not t.num_rows:
             continue
         part = B.GroupSums(
@@ -371,11 +400,18 @@ def solve_capped_plan(scored, budget: float, caps: dict[int, B.ModelCap]) -> tup
     columns (one narrow copy in the object store) block by block; the driver keeps summaries."""
     import ray
 
-    refs = scored.select_columns([S.ID, S.QUALITY, S.COST]).to_arrow_refs()
+    columns = [S.ID, S.QUALITY, S.COST]
+    if small_job(scored):
+        def tables() -> Iterator[pa.Table]:
+            return driver_batches(scored, columns)
+    else:
+        refs = scored.select_columns(columns).to_arrow_refs()
+
+        def tables() -> Iterator[pa.Table]:
+            return (ray.get(ref) for ref in refs)
 
     def read():
-        for ref in refs:
-            t = ray.get(ref)
+        for t in tables():
             if t.num_rows:
                 yield matrix_from_column(t[S.QUALITY]), cost_from_batch(t), keys_of(t)
 
@@ -506,11 +542,7 @@ def route(cfg: JobConfig, result: RunResult, skip_ids: pa.Array | None = None):
         log(f"frontier: {len(result.frontier['points'])} budgets solved on {k} of {n} rows "
             f"({result.phases[-1].seconds:.1f}s)")  # fmt: skip
     t0 = time.perf_counter()
-    assigned = scored.map_batches(
-        Assigner, fn_constructor_kwargs=dict(models=cfg.model_names, plan=plan, allow_skip=allow_skip,
-                                             group_column=group_source(cfg)),
-        compute=ray_actor_pool(1), batch_size=ROUTE_BATCH, batch_format="pyarrow", num_cpus=0.25,
-    ).materialize()  # fmt: skip
+    assigned = assign_rows(cfg, scored, plan, allow_skip)
     result.phases.append(Phase("assign", n, time.perf_counter() - t0))
     log(f"assigned {n} rows in {result.phases[-1].seconds:.1f}s ({result.phases[-1].rows_per_s:.0f} rows/s)")
     # What each model got: the caps' check, the GPU schedule's loads and `router plan`'s summary.
@@ -518,6 +550,20 @@ def route(cfg: JobConfig, result: RunResult, skip_ids: pa.Array | None = None):
     if model_caps(cfg):
         check_caps(cfg, result.by_model)
     return assigned
+
+
+def assign_rows(cfg: JobConfig, scored, plan: RoutePlan, allow_skip: bool):
+    """The scored rows with their model under the plan (`Assigner`), materialised: in the driver
+    for a small job (`small_job`), else as a Ray Data pass."""
+    import ray
+
+    how = dict(models=cfg.model_names, plan=plan, allow_skip=allow_skip, group_column=group_source(cfg))
+    if scored.count() and small_job(scored):
+        assigner = Assigner(**how)
+        # from_blocks reads the blocks' metadata here (from_arrow starts a task for it).
+        return ray.data.from_blocks([assigner(b) for b in driver_batches(scored)])
+    return scored.map_batches(Assigner, fn_constructor_kwargs=how, compute=ray_actor_pool(1), batch_size=ROUTE_BATCH,
+                              batch_format="pyarrow", num_cpus=0.25).materialize()  # fmt: skip
 
 
 # Rows the frontier is solved on: enough for a smooth curve, a second or two of solving.
@@ -531,10 +577,12 @@ def sampled_frontier(scored, n_rows: int, budget: float) -> dict[str, Any] | Non
 
     from router.report import predicted_frontier
 
-    ds = scored.select_columns([S.QUALITY, S.COST])
-    if n_rows > FRONTIER_SAMPLE:
-        ds = ds.random_sample(FRONTIER_SAMPLE / n_rows, seed=0)
-    tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
+    columns = [S.QUALITY, S.COST]
+    if n_rows <= FRONTIER_SAMPLE:  # every row: read in the driver
+        tables = [t for t in driver_batches(scored, columns) if t.num_rows]
+    else:
+        ds = scored.select_columns(columns).random_sample(FRONTIER_SAMPLE / n_rows, seed=0)
+        tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
     if not tables:
         return None
     t = pa.concat_tables(tables)
@@ -665,6 +713,21 @@ class Started:
         log(f"generate {', '.join(names)}: {len(self.actors)} engine(s) started in {ready_at - self.created:.1f}s, "
             + (f"ready {early:.1f}s before their rows" if early >= 0 else f"their rows waited {-early:.1f}s for them"))
         return {"engine_start_s": ready_at - self.created, "ready_before_rows_s": early}
+
+    def usage(self, since: float, seconds: float) -> dict[str, float]:
+        """For a pass that began at `since` (time.time()) and took `seconds`: how long until the
+        first batch reached an engine, and the share of the engines' time spent answering."""
+        import ray
+
+        try:
+            used = ray.get([a.usage.remote() for a in self.actors])
+        except ray.exceptions.RayError:  # an engine that died for good: nothing to tell
+            return {}
+        firsts = [u["first_call"] for u in used if u["first_call"] is not None]
+        out = {"engine_busy_share": sum(u["busy_s"] for u in used) / (len(used) * seconds) if seconds > 0 else 0.0}
+        if firsts:
+            out["first_batch_after_s"] = min(firsts) - since
+        return out
 
     def keep(self, n: int) -> None:
         import ray
@@ -831,6 +894,7 @@ def _answer_pool(cfg: JobConfig, pool: EnginePool, assigned, result: RunResult, 
         )  # fmt: skip
     fence = f"fence-{uuid.uuid4().hex}"
     early: dict[str, float] = {}
+    began = time.time()
     try:
         early = hosts.wait_ready(cfg, names) if hosts is not None else {}
         written = write_shards(cfg, out, fence)
@@ -859,6 +923,8 @@ def _answer_pool(cfg: JobConfig, pool: EnginePool, assigned, result: RunResult, 
     seconds = time.perf_counter() - t0
     # What the engines spent answering: less the time the rows waited for engines started early.
     busy = seconds - max(0.0, -early.get("ready_before_rows_s", 0.0))
+    if hosts is not None:
+        early.update(hosts.usage(began, seconds))
     run = {
         "pool": pool.label, "backend": engine.backend, "replicas": pool.replicas,
         "gpus": tp * pool.replicas if pool.on_gpu else 0, "start_s": t0 - t_start, "seconds": seconds,
@@ -926,17 +992,21 @@ def tally_batch(batch: pa.Table) -> pa.Table:
 
 def tally(ds) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Rows and sums per model and rows per status, with driver memory independent of N. Each
-    model also gets `ok_rows` (rows with status ok) and, for routed rows, `ok_prompt_bytes`."""
+    model also gets `ok_rows` (rows with status ok) and, for routed rows, `ok_prompt_bytes`.
+    `ds` is materialised: a small one is read in the driver (`small_job`)."""
+    if small_job(ds):
+        return tally_parts(p for b in driver_batches(ds) for p in tally_batch(b).to_pylist())
     return tally_parts(ds.map_batches(tally_batch, batch_format="pyarrow", num_cpus=0.25).iter_rows())
 
 
 def tally_parts(parts: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Add up `tally_batch`'s partial sums."""
+    """Add up `tally_batch`'s partial sums: per model (rows, rows per status, sums) and per status."""
     by_model: dict[Any, dict[str, Any]] = {}
     by_status: dict[str, int] = {}
     for part in parts:
-        m = by_model.setdefault(part[S.MODEL], {S.MODEL: part[S.MODEL], "count_all": 0, "ok_rows": 0})
+        m = by_model.setdefault(part[S.MODEL], {S.MODEL: part[S.MODEL], "count_all": 0, "ok_rows": 0, "statuses": {}})
         m["count_all"] += part["count_all"]
+        m["statuses"][part[S.STATUS]] = m["statuses"].get(part[S.STATUS], 0) + part["count_all"]
         by_status[part[S.STATUS]] = by_status.get(part[S.STATUS], 0) + part["count_all"]
         for c in TALLY_SUMS:
             if f"{c}_sum" in part:
@@ -948,23 +1018,16 @@ def tally_parts(parts: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], 
     return sorted(by_model.values(), key=lambda r: (r[S.MODEL] is None, r[S.MODEL] or "")), by_status
 
 
-def summarize_output(cfg: JobConfig, result: RunResult) -> None:
-    """Rows, spend and tokens per model and per status, read back from what was written. The driver
-    streams the few columns it needs batch by batch: a Ray Data pass over them cost 5-7 s of task
-    start-up on a small job, more than the reading."""
-    import pyarrow.dataset as pads
+def summarize_output(cfg: JobConfig, result: RunResult) -> dict[str, Any] | None:
+    """Rows, spend and tokens per model and per status, read back from what was written
+    (`router.report.scan_output`: the driver streams the few columns it needs, where a Ray Data pass
+    cost 5-7 s of task start-up on a small job). Returns the scan, for the report folder."""
+    from router.report import scan_output
 
-    from router.inputs import filesystem
-
-    files = committed_files(cfg.output)
-    if files:
-        written = pads.dataset(files, filesystem=filesystem(cfg.output)[0], format="parquet")
-        batches = written.to_batches(columns=[S.MODEL, S.STATUS, *TALLY_SUMS], batch_size=1 << 16)
-        parts = (p for b in batches for p in tally_batch(pa.Table.from_batches([b])).to_pylist())
-        result.by_model, result.by_status = tally_parts(parts)
-    else:
-        result.by_model, result.by_status = [], {}
+    scan = scan_output(cfg.output) if committed_files(cfg.output) else None
+    result.by_model, result.by_status = (scan["models"], scan["statuses"]) if scan else ([], {})
     result.n_rows = sum(result.by_status.values())
+    return scan
 
 
 def plan_job(cfg: JobConfig) -> tuple[RunResult, Any]:
@@ -999,12 +1062,12 @@ def run_job(cfg: JobConfig) -> RunResult:
         if started is not None:
             started.stop()
     clear_tmp(cfg.output)
-    summarize_output(cfg, result)
+    scan = summarize_output(cfg, result)
     from router.report import write_report
 
     write_report(cfg, result)
     from router.report import write_report_folder
 
-    folder, files = write_report_folder(cfg.output)
+    folder, files = write_report_folder(cfg.output, scan=scan)
     log(f"report: {folder}/ ({', '.join(files)})")
     return result

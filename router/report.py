@@ -233,7 +233,7 @@ def scan_output(output: str) -> dict[str, Any]:
 
     from router.inputs import filesystem
     from router.output import committed_files
-    from router.pipeline import TALLY_SUMS, tally_batch
+    from router.pipeline import TALLY_SUMS, tally_batch, tally_parts
 
     fs, _ = filesystem(output)
     files = committed_files(output)  # the one rule for what the answers are (resume uses it too)
@@ -245,23 +245,17 @@ def scan_output(output: str) -> dict[str, Any]:
         raise ConfigError(f"{output!r} is not a router output: it has no {S.MODEL!r} and {S.STATUS!r} columns")
     sums = [c for c in TALLY_SUMS if c in names]
     labels = [c for c in LABEL_COLUMNS if c in names]
-    models: dict[Any, dict[str, Any]] = {}
     counts: dict[str, Counter] = {c: Counter() for c in LABEL_COLUMNS}
-    for batch in ds.to_batches(columns=[S.MODEL, S.STATUS, *sums, *labels]):
-        t = pa.Table.from_batches([batch])
-        for part in tally_batch(t).to_pylist():
-            m = models.setdefault(part[S.MODEL], {S.MODEL: part[S.MODEL], "count_all": 0, "statuses": {}})
-            m["count_all"] += part["count_all"]
-            m["statuses"][part[S.STATUS]] = m["statuses"].get(part[S.STATUS], 0) + part["count_all"]
-            for c in sums:
-                m[f"{c}_sum"] = (m.get(f"{c}_sum") or 0) + (part[f"{c}_sum"] or 0)
-        for c in labels:
-            top = pc.list_flatten(pc.list_slice(t[c], 0, 1))
-            counts[c].update({v["values"]: v["counts"] for v in pc.value_counts(top).to_pylist() if v["values"]})
-    by_model = sorted(models.values(), key=lambda r: (r[S.MODEL] is None, r[S.MODEL] or ""))
-    by_status: Counter = Counter()
-    for m in by_model:
-        by_status.update(m["statuses"])
+
+    def parts():
+        for batch in ds.to_batches(columns=[S.MODEL, S.STATUS, *sums, *labels], batch_size=1 << 16):
+            t = pa.Table.from_batches([batch])
+            for c in labels:
+                top = pc.list_flatten(pc.list_slice(t[c], 0, 1))
+                counts[c].update({v["values"]: v["counts"] for v in pc.value_counts(top).to_pylist() if v["values"]})
+            yield from tally_batch(t).to_pylist()
+
+    by_model, by_status = tally_parts(parts())
     return {
         "models": by_model,
         "statuses": dict(sorted(by_status.items())),
@@ -270,11 +264,12 @@ def scan_output(output: str) -> dict[str, Any]:
     }
 
 
-def folder_report(output: str) -> dict[str, Any]:
+def folder_report(output: str, scan: dict[str, Any] | None = None) -> dict[str, Any]:
     """report.json: `_report.json` with the per-model numbers recounted from the rows, each model's
-    statuses, the frontier's chosen point, and the top capability and domain counts."""
+    statuses, the frontier's chosen point, and the top capability and domain counts. `scan`: the
+    output's `scan_output`, when the caller has it already."""
     d = _read_run_report(output)
-    rows = scan_output(output)
+    rows = scan if scan is not None else scan_output(output)
     d.update(
         rows=sum(rows["statuses"].values()),
         statuses=rows["statuses"],
@@ -289,12 +284,13 @@ def folder_report(output: str) -> dict[str, Any]:
     return d
 
 
-def write_report_folder(output: str, folder: str | None = None) -> tuple[str, list[str]]:
+def write_report_folder(output: str, folder: str | None = None, scan: dict[str, Any] | None = None) -> tuple[str, list[str]]:
     """Write report.json and the pictures for a finished output; returns the folder and file names.
-    Without matplotlib only report.json is written (it says how to get the pictures)."""
+    Without matplotlib only report.json is written (it says how to get the pictures). `scan`: see
+    `folder_report`."""
     from router.inputs import filesystem
 
-    d = folder_report(output)
+    d = folder_report(output, scan)
     folder = folder or report_folder(output)
     fs, path = filesystem(folder)
     path = path.rstrip("/")

@@ -70,6 +70,7 @@ def test_the_engine_started_while_the_prompts_were_encoded(job):
     _, _, result, _, _, _ = job
     (run,) = result.generation
     assert run["prestarted"] and run["replicas"] == 1 and run["engine_start_s"] > 0
+    assert 0 < run["engine_busy_share"] <= 1 and run["first_batch_after_s"] >= 0
     assert run["rows"] == len(PROMPTS) + 1
 
 
@@ -145,6 +146,39 @@ def test_the_summary_sent_while_scoring_equals_a_separate_pass(job):
     np.testing.assert_array_equal(sent.counts, separate.counts)
     np.testing.assert_allclose(sent.hist, separate.hist, rtol=1e-12)
     assert solve_plan(scored, cfg.budget.total, sent) == solve_plan(scored, cfg.budget.total)
+
+
+def test_small_jobs_route_in_the_driver_as_large_ones_do_through_ray(job, monkeypatch):
+    """A small job runs the passes after scoring in the driver; a large one runs them as Ray Data
+    passes. Both must give the same plans (budget, caps, groups), assignment and tally."""
+    import numpy as np
+
+    from router import budget as B
+    from router import pipeline as P
+
+    cfg = job[0]
+    scored = P.scored_dataset(cfg)
+    assert P.small_job(scored)
+    caps = {0: B.ModelCap(max_rows=3, max_cost=None)}
+
+    def everything():
+        plan, skip = P.solve_plan(scored, cfg.budget.total)
+        assigned = P.assign_rows(cfg, scored, plan, skip)
+        rows = sorted(assigned.select_columns([S.ID, S.MODEL, S.STATUS]).take_all(), key=lambda r: r[S.ID])
+        capped = P.solve_capped_plan(scored, cfg.budget.total, caps)[0]
+        group = P.solve_group_plan(scored, cfg.budget.total, "source", {})[0]
+        return plan, rows, P.tally(assigned), capped.prices, group.choice
+
+    small = everything()
+    monkeypatch.setattr(P, "SMALL_JOB_ROWS", 0)
+    assert not P.small_job(scored)
+    large = everything()
+    assert small[0] == large[0]  # the budget plan: lambda*, tie key, predicted spend
+    assert small[1] == large[1] and len(small[1]) == scored.count()
+    assert any(r[S.MODEL] is not None for r in small[1])
+    assert small[2] == large[2]
+    np.testing.assert_allclose(small[3], large[3])
+    np.testing.assert_array_equal(small[4], large[4])
 
 
 def _planned(cfg, *overrides):
