@@ -22,6 +22,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable
@@ -705,6 +706,7 @@ class Started:
         refs = [a.ready.remote() for a in self.actors]
         _, pending = ray.wait(refs, num_returns=len(refs), timeout=max(1.0, timeout - (asked - self.created)))
         if pending:
+            self.stop()  # a pass feeding them ends too
             raise JobFailed(f"generate {', '.join(names)}: the engine(s) for {self.engine.weights!r} did not start within "
                             f"{timeout:g} s (generation.start_timeout_s): the cluster may not have the GPUs, CPUs or "
                             "memory they ask for")  # fmt: skip
@@ -722,6 +724,8 @@ class Started:
         try:
             used = ray.get([a.usage.remote() for a in self.actors])
         except ray.exceptions.RayError:  # an engine that died for good: nothing to tell
+            return {}
+        if not used:
             return {}
         firsts = [u["first_call"] for u in used if u["first_call"] is not None]
         out = {"engine_busy_share": sum(u["busy_s"] for u in used) / (len(used) * seconds) if seconds > 0 else 0.0}
@@ -810,8 +814,6 @@ def generate_and_write(cfg: JobConfig, assigned, result: RunResult, started: Sta
             log(f"generate {', '.join(m.name for m in members)}: no rows routed here, engine not started")
     t0 = time.perf_counter()
     if schedule is not None and schedule.strategy == "shared":
-        from concurrent.futures import ThreadPoolExecutor
-
         # One thread per pool, each driving its own Ray Data execution. A pool that fails (an engine
         # that cannot start) fails the job once the others finish: what they wrote is committed.
         with ThreadPoolExecutor(max_workers=len(pools)) as ex:
@@ -862,6 +864,15 @@ def engine_settings(cfg: JobConfig, engine: Engine, members: Sequence[ModelSpec]
     return kwargs, dict(num_gpus=tp if on_gpu else 0, num_cpus=1)  # transformers: CPUs only
 
 
+def _in_thread(fn: Callable[..., Any], *args: Any) -> Future:
+    """`fn(*args)` in a thread of its own; its result (or error) in the future."""
+    ex = ThreadPoolExecutor(max_workers=1)
+    try:
+        return ex.submit(fn, *args)
+    finally:
+        ex.shutdown(wait=False)
+
+
 def _answer_pool(cfg: JobConfig, pool: EnginePool, assigned, result: RunResult, t_start: float,
                  hosts: Started | None = None) -> dict[str, Any]:
     """Run one engine pool over its rows and commit them; returns what it did (rows, spend, tokens,
@@ -895,9 +906,18 @@ def _answer_pool(cfg: JobConfig, pool: EnginePool, assigned, result: RunResult, 
     fence = f"fence-{uuid.uuid4().hex}"
     early: dict[str, float] = {}
     began = time.time()
+    # Started engines may still be starting: the pass starts its own workers meanwhile (its
+    # batches wait at the engines), while a thread waits for them. A start that fails fails the
+    # pass too, and one that times out stops the engines, which ends the pass.
+    ready = _in_thread(hosts.wait_ready, cfg, names) if hosts is not None else None
     try:
-        early = hosts.wait_ready(cfg, names) if hosts is not None else {}
-        written = write_shards(cfg, out, fence)
+        try:
+            written = write_shards(cfg, out, fence)
+        except Exception:
+            if ready is not None:
+                ready.result()  # an engine that did not start is the reason: its error instead
+            raise
+        early = ready.result() if ready is not None else {}
     except Exception as e:
         failed = engine_failure(e, names, weights, cfg.generation.start_timeout_s)
         if failed is not None:
