@@ -26,6 +26,20 @@ PACKAGED = ("open9",)
 ANNOTATE_BLOCK = 4096
 
 
+# Rows of the largest table of rank-weighted profile sums `Profiles.score_annotated` gathers from
+# (each of M floats: 32^3 clusters x 9 models is 1.2 MB): one gather per row instead of r, 2x faster.
+SUM_TABLE_ENTRIES = 1 << 16
+
+
+def _list_codes(idx: np.ndarray, k: int) -> np.ndarray:
+    """Each row's ordered index list [N, r] (entries < k) as one number, its row in `_rank_sums`."""
+    code = idx[:, 0].copy()
+    for j in range(1, idx.shape[1]):
+        code *= k
+        code += idx[:, j]
+    return code
+
+
 def rank_weights(r: int, alpha: float) -> np.ndarray:
     """w_j = alpha^(j-1) / sum_{m=1..r} alpha^(m-1), j = 1..r."""
     w = alpha ** np.arange(r, dtype=np.float64)
@@ -178,13 +192,40 @@ class Profiles:
             doms[lo : lo + len(sims)] = top_r(sims[:, :k], self.r_know, overwrite=True)
         return Annotation(capabilities=caps, domains=doms, tasks=self.task_index(tasks))
 
+    def _rank_sums(self, which: str, r: int) -> np.ndarray | None:
+        """[K^r, M]: sum_j w_j profile[i_j] for every ordered list (i_1, ..., i_r) of the `which`
+        profile's rows (`cap` or `know`) with the rank weights, at row (..(i_1 K + i_2) K ..) + i_r;
+        built once per profiles object. None when it would have over SUM_TABLE_ENTRIES rows."""
+        key = f"_rank_sums_{which}_{r}"
+        if key not in self.__dict__:  # cached like functools.cached_property (frozen dataclass)
+            profile = getattr(self, which)
+            k, m = profile.shape
+            table = None
+            if r >= 1 and k**r <= SUM_TABLE_ENTRIES:
+                w = rank_weights(r, self.alpha)
+                table = np.zeros((k,) * r + (m,), np.float32)
+                for j in range(r):
+                    table += w[j] * profile.reshape([k if i == j else 1 for i in range(r)] + [m])
+                table = table.reshape(k**r, m)
+            self.__dict__[key] = table
+        return self.__dict__[key]
+
     def score_annotated(self, ann: Annotation) -> np.ndarray:
-        wc = rank_weights(ann.capabilities.shape[1], self.alpha)
+        """Predicted quality [N, M]: A_cap @ Cap + A_know @ Know (+ the task's weight times its
+        profile), with the rank weights in A, without building the one-hot weight matrices: one
+        gather per row from the table of rank-weighted sums of every top-r list where it is small,
+        else r gathers [N, r, M] contracted with the weights."""
         w_task, wk = knowledge_weights(ann, self.alpha)
-        # Gather [N, r, M] and contract with the rank weights: the same as A_cap @ Cap + A_know @ Know
-        # with one-hot weight matrices, without building them.
-        q = np.einsum("j,njm->nm", wc, self.cap[ann.capabilities])
-        q += np.einsum("nj,njm->nm", wk, self.know[ann.domains])
+        table = self._rank_sums("cap", ann.capabilities.shape[1])
+        if table is not None:
+            q = table[_list_codes(ann.capabilities, len(self.cap))]
+        else:
+            q = np.einsum("j,njm->nm", rank_weights(ann.capabilities.shape[1], self.alpha), self.cap[ann.capabilities])
+        table = self._rank_sums("know", ann.domains.shape[1]) if ann.tasks is None else None  # rows share weights
+        if table is not None:
+            q += table[_list_codes(ann.domains, len(self.know))]
+        else:
+            q += np.einsum("nj,njm->nm", wk, self.know[ann.domains])
         if ann.tasks is not None and self.task_profile is not None:
             q += w_task[:, None] * self.task_profile[np.maximum(ann.tasks, 0)]
         return q.astype(np.float32, copy=False)

@@ -142,3 +142,19 @@ def test_add_model_by_answering_and_grading_an_index_set(shared_data, tmp_path):
     np.testing.assert_array_equal(after.cap[:, keep], before.cap)
     # A random-weight model answers noise: it is profiled as worse than every real model.
     assert np.nanmean(after.know[:, -1]) < np.nanmin(np.nanmean(before.know, axis=0))
+
+
+def test_scores_gathered_from_the_table_of_rank_sums_equal_the_contraction(monkeypatch):
+    """score_annotated gathers each row's rank-weighted sum from a table of every top-r list when
+    the table is small; the r gathers contracted with the weights must give the same scores."""
+    import router.profiles as P
+
+    p = load_profiles("open9")
+    emb = unit(np.random.default_rng(0).normal(size=(2000, p.dim)))
+    ann = p.annotate(emb)
+    fast = p.score_annotated(ann)
+    assert p.__dict__.get(f"_rank_sums_know_{p.r_know}") is not None  # the open9 tables are small
+    monkeypatch.setattr(P, "SUM_TABLE_ENTRIES", 0)
+    slow = p.select(p.models).score_annotated(ann)  # a new object: no table built
+    np.testing.assert_allclose(fast, slow, rtol=0, atol=1e-6)
+    assert len(np.unique(fast.argmax(1))) > 1
