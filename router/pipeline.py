@@ -890,7 +890,10 @@ def _answer_pool(cfg: JobConfig, pool: EnginePool, assigned, result: RunResult, 
     # Blocks of one engine call each: an actor task then answers one batch and hands it on, so
     # answers stream to the writer (and are committed) as they come, and replicas share the work.
     blocks = rows.repartition(target_num_rows_per_block=cfg.generation.batch_size)
-    if hosts is None:
+    in_driver = hosts is not None and small_job(assigned)
+    if in_driver:
+        out = None  # fed from the driver (`feed_started`)
+    elif hosts is None:
         kwargs, resources = engine_settings(cfg, engine, members, pool.on_gpu, standin_weights(cfg)[1])
         out = blocks.map_batches(
             BACKENDS[engine.backend], fn_constructor_kwargs=kwargs, compute=ray_actor_pool(pool.replicas),
@@ -912,10 +915,16 @@ def _answer_pool(cfg: JobConfig, pool: EnginePool, assigned, result: RunResult, 
     ready = _in_thread(hosts.wait_ready, cfg, names) if hosts is not None else None
     try:
         try:
-            written = write_shards(cfg, out, fence)
+            if in_driver:
+                written = feed_started(cfg, (_select(b, names) for b in driver_batches(assigned)), hosts, fence)
+            else:
+                written = write_shards(cfg, out, fence)
         except Exception:
             if ready is not None:
-                ready.result()  # an engine that did not start is the reason: its error instead
+                try:  # an engine that could not start is the reason: its error instead (it comes at once)
+                    ready.result(timeout=10)
+                except TimeoutError:  # still starting: the pass failed for a reason of its own
+                    pass
             raise
         early = ready.result() if ready is not None else {}
     except Exception as e:
@@ -956,6 +965,54 @@ def _answer_pool(cfg: JobConfig, pool: EnginePool, assigned, result: RunResult, 
         f"{written['tokens'] / max(seconds, 1e-9):.4g} tokens/s), {run['spend']:.6g} USD"
         + (f", {run['errors']} generation errors" if run["errors"] else ""))  # fmt: skip
     return run
+
+
+# Engine calls in flight per started engine when the driver feeds it: one answering, the next
+# waiting at it, so the engine never waits for the driver.
+CALLS_IN_FLIGHT = 2
+
+
+def feed_started(cfg: JobConfig, rows: Iterable[pa.Table], hosts: Started, fence: str) -> dict[str, Any]:
+    """A small job's rows for started engines, fed from the driver: calls of generation.batch_size
+    rows, CALLS_IN_FLIGHT per engine, answers committed in shards of about generation.shard_rows as
+    they come. A Ray Data pass here would first start its feeder actors and task workers (3-7 s
+    before the first batch reached the engine on 2 cores); the engines' restarts and retries are
+    the same either way (`engine_restarts`). Returns what `write_shards` returns."""
+    import ray
+
+    size = cfg.generation.batch_size
+    calls = (t.slice(lo, size) for t in rows for lo in range(0, t.num_rows, size))
+    flying: dict[Any, int] = {}  # call -> engine
+    load = [0] * len(hosts.actors)
+    total = {"rows": 0, "spend": 0.0, "errors": 0, "tokens": 0}
+    answered: list[pa.Table] = []
+
+    def send() -> None:
+        for i, engine in enumerate(hosts.actors):
+            while load[i] < CALLS_IN_FLIGHT:
+                batch = next(calls, None)
+                if batch is None:
+                    return
+                flying[engine.answer.remote(batch)] = i
+                load[i] += 1
+
+    def commit() -> None:
+        part = commit_shard(pa.concat_tables(answered), cfg.output, fence).to_pylist()[0]
+        for k in total:
+            total[k] += part[k]
+        answered.clear()
+
+    send()
+    while flying:
+        (done,), _ = ray.wait(list(flying), num_returns=1)
+        load[flying.pop(done)] -= 1
+        send()  # before reading the answer: the engine is never left without its next call
+        answered.append(finalize(ray.get(done), cfg.text_column))
+        if sum(t.num_rows for t in answered) >= cfg.generation.shard_rows:
+            commit()
+    if answered:
+        commit()
+    return total
 
 
 def written_rows_and_tokens(output: str, models: list[str], resumed: Prior | None) -> tuple[int, int]:

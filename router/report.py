@@ -180,7 +180,8 @@ def format_summary(cfg: JobConfig, result) -> str:
         lines.append(f"  ran {short_label(g['pool'])}: {g['replicas']} replica(s), {g['gpus']} GPUs, from {g['start_s']:.0f}s "
                      f"for {g['seconds']:.0f}s, {g['tokens']} tokens"
                      + (f" ({rate:.4g} tokens/s per replica)" if rate else "")
-                     + (f"; engines started during encoding, in {early:.0f}s" if early is not None else ""))  # fmt: skip
+                     + (f"; engines started during encoding, in {early:.0f}s" if early is not None else "")
+                     + (f", busy {g['engine_busy_share']:.0%} of the pass" if "engine_busy_share" in g else ""))  # fmt: skip
     f = d.get("frontier")
     if f:
         c = f["chosen"]

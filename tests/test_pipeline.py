@@ -71,6 +71,10 @@ def test_the_engine_started_while_the_prompts_were_encoded(job):
     (run,) = result.generation
     assert run["prestarted"] and run["replicas"] == 1 and run["engine_start_s"] > 0
     assert 0 < run["engine_busy_share"] <= 1 and run["first_batch_after_s"] >= 0
+    from router.report import format_summary
+
+    assert "engines started during encoding" in format_summary(job[0], result)
+    assert f"busy {run['engine_busy_share']:.0%} of the pass" in format_summary(job[0], result)
     assert run["rows"] == len(PROMPTS) + 1
 
 
@@ -260,3 +264,21 @@ def test_the_transformers_backend_runs_the_same_job(job, tmp_path):
         assert math.isclose(r[S.ACTUAL_COST], (r[S.INPUT_TOKENS] * m.input_price + r[S.OUTPUT_TOKENS] * m.output_price) / 1e6,
                             rel_tol=1e-9)  # fmt: skip
     assert sum(r[S.ACTUAL_COST] or 0 for r in out) <= sum(r[S.PREDICTED_COST] or 0 for r in out) <= 0.0006
+
+
+def test_a_large_job_takes_the_ray_data_passes_and_routes_the_same(job, tmp_path, monkeypatch):
+    """Over SMALL_JOB_ROWS a job routes through Ray Data passes and feeds its started engines
+    through feeder actors (HostedEngine) instead of the driver: the same rows must come out once
+    each, on the same models. (The transformers backend: a quicker engine start.)"""
+    from router import pipeline as P
+
+    cfg, rows, _, by_id, _, _ = job
+    monkeypatch.setattr(P, "SMALL_JOB_ROWS", 0)
+    big = load_config(CONFIG, [f"input={cfg.input}", f"output={tmp_path / 'out'}", "budget.total=0.0006",
+                               "generation.backend=transformers", *SHORT_CONTEXT])  # fmt: skip
+    result = P.run_job(big)
+    assert result.generation[0]["prestarted"] and 0 < result.generation[0]["engine_busy_share"] <= 1
+    out = pads.dataset(str(tmp_path / "out"), format="parquet").to_table().to_pylist()
+    assert sorted(r[S.ID] for r in out) == sorted(r["id"] for r in rows) and result.n_rows == len(rows)
+    assert {r[S.ID]: r[S.MODEL] for r in out} == {i: r[S.MODEL] for i, r in by_id.items()}
+    assert sum(r[S.STATUS] == S.OK for r in out) == len(PROMPTS) + 1
