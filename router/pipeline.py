@@ -887,10 +887,10 @@ def _answer_pool(cfg: JobConfig, pool: EnginePool, assigned, result: RunResult, 
     where = engine.base_url if engine.backend == "openai" else engine.backend
     gpus = f", {tp} GPU{'s' if tp > 1 else ''} each" if pool.on_gpu else ""
     log(f"generate {pool.label}: {pool.replicas} engine(s) of {weights} ({where}{gpus})")
+    in_driver = hosts is not None and small_job(assigned)
     # Blocks of one engine call each: an actor task then answers one batch and hands it on, so
     # answers stream to the writer (and are committed) as they come, and replicas share the work.
-    blocks = rows.repartition(target_num_rows_per_block=cfg.generation.batch_size)
-    in_driver = hosts is not None and small_job(assigned)
+    blocks = None if in_driver else rows.repartition(target_num_rows_per_block=cfg.generation.batch_size)
     if in_driver:
         out = None  # fed from the driver (`feed_started`)
     elif hosts is None:
@@ -1070,10 +1070,8 @@ def tally_batch(batch: pa.Table) -> pa.Table:
 def tally(ds) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Rows and sums per model and rows per status, with driver memory independent of N. Each
     model also gets `ok_rows` (rows with status ok) and, for routed rows, `ok_prompt_bytes`.
-    `ds` is materialised: a small one is read in the driver (`small_job`)."""
-    if small_job(ds):
-        return tally_parts(p for b in driver_batches(ds) for p in tally_batch(b).to_pylist())
-    return tally_parts(ds.map_batches(tally_batch, batch_format="pyarrow", num_cpus=0.25).iter_rows())
+    `ds` is materialised: a small one is read in the driver (`per_batch`)."""
+    return tally_parts(p for t in per_batch(ds, tally_batch) for p in t.to_pylist())
 
 
 def tally_parts(parts: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
