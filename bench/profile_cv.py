@@ -1,7 +1,7 @@
 """Cross-validation of the profile settings on a training table (never on a test table).
 
     python bench/profile_cv.py --train ../shared/data/llmrouter-9models/scores_train.json \
-        --prices ../shared/data/llmrouter-9models/models.json [--folds 5] [--binarize] [--tasks-from-files]
+        --prices ../shared/data/llmrouter-9models/models.json [--folds 5] [--scores auto] [--tasks-from-files]
 
 For each setting (what of a long prompt is embedded, number of clusters, list length r, whether
 the task column is used) it fits profiles on k-1 folds and routes the held-out fold, and prints
@@ -34,17 +34,15 @@ def main() -> None:
     ap.add_argument("--train", nargs="+", required=True)
     ap.add_argument("--prices")
     ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--binarize", action="store_true")
+    ap.add_argument("--scores", choices=["auto", "raw", "binary"], default="auto", help="as router eval --scores")
     ap.add_argument("--tasks-from-files", action="store_true")
     ap.add_argument("--windows", nargs="+", default=["head", "tail"])
     ap.add_argument("--clusters", nargs="+", type=int, default=[16, 32, 64])
     ap.add_argument("--top", nargs="+", type=int, default=[1, 3])
     args = ap.parse_args()
 
-    table = read_eval_table(args.train, tasks_from_files=args.tasks_from_files)
+    table = read_eval_table(args.train, tasks_from_files=args.tasks_from_files, score_reading=args.scores)
     scores = table.scores.copy()
-    if args.binarize:
-        scores = np.where(np.isnan(scores), np.nan, (scores > 0).astype(np.float32))
     costs = table_costs(table, table, table.models, load_prices(args.prices) if args.prices else None, 256.0)
     n = len(table.queries)
     fold = np.random.default_rng(0).permutation(n) % args.folds

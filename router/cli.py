@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--eval-table", nargs="+", metavar="PATH", help="evaluation tables holding the model's scores")
     add.add_argument("--format", choices=["long", "scores-json", "routerbench"], help="table format")
     add.add_argument("--tasks-from-files", action="store_true", help="each file holds one task named by the file")
+    add.add_argument("--scores", choices=["auto", "raw", "binary"], default="auto",
+                     help="how scores are read (see `router profile --help`)")  # fmt: skip
     add.add_argument("--queries", help="index set with gold answers (jsonl: query, ground_truth, metric, task_name)")
     add.add_argument("--weights", help="with --queries: what vLLM loads (Hugging Face id or path)")
     add.add_argument("--max-tokens", type=int, default=256, help="with --queries: answer length (256)")
@@ -121,7 +123,6 @@ def build_parser() -> argparse.ArgumentParser:
                     "(used when the tables have no cost; without both, costs are equal)")  # fmt: skip
     ev.add_argument("--output-tokens", type=float, default=256, help="answer length assumed with --prices (256)")
     ev.add_argument("--budget-fraction", type=float, help="also route at F x the best single model's test cost")
-    ev.add_argument("--binarize", action="store_true", help="count any score > 0 as correct (1)")
     ev.add_argument("--json", help="write the full result as JSON here")
     ev.add_argument("--plot", help="write the accuracy-cost picture here (PNG)")
     return parser
@@ -136,6 +137,12 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks-from-files", action="store_true",
                    help="each file holds one task named by the file (mmlu_train.json -> mmlu)")  # fmt: skip
     p.add_argument("--no-tasks", action="store_true", help="ignore the tables' task column")
+    p.add_argument("--scores", choices=["auto", "raw", "binary"], default="auto",
+                   help="how scores are read. auto (default): as in the table, except a task (or a file "
+                   "without tasks) whose scores are choice probabilities (0 when wrong, else the "
+                   "probability of the right choice: under 5%% of the positive scores are 1, none is "
+                   "below 0.2, most are off the k/20 grid of sample fractions), which counts > 0 as correct; raw: as in the "
+                   "table; binary: every score > 0 counts as correct")  # fmt: skip
     p.add_argument("--encoder", default="minilm", help="encoder: minilm (packaged) or a local folder")
     p.add_argument("--window", choices=["head", "tail"], default=d.window,
                    help=f"what of a long prompt is embedded (default {d.window})")  # fmt: skip
@@ -275,7 +282,7 @@ def _profile(args) -> int:
     with _annotator(args) as annotator:
         profiles = profile_from_tables(
             args.eval_table, fmt=args.format, encoder=args.encoder, settings=_settings(args), models=args.models,
-            tasks_from_files=args.tasks_from_files, annotator=annotator,
+            tasks_from_files=args.tasks_from_files, score_reading=args.scores, annotator=annotator,
         )  # fmt: skip
     profiles.save(args.out)
     print(f"profiles of {len(profiles.models)} models over {len(profiles.domain_names)} knowledge clusters "
@@ -295,7 +302,8 @@ def _add_model(args) -> int:
 
         if missing := _first_missing(args.eval_table):
             return _fail(f"evaluation table {missing!r} not found")
-        table = read_eval_table(args.eval_table, args.format, tasks_from_files=args.tasks_from_files)
+        table = read_eval_table(args.eval_table, args.format, tasks_from_files=args.tasks_from_files,
+                                score_reading=args.scores)  # fmt: skip
         model = args.model
     elif args.queries and args.weights:
         from router.indexset import answer_and_grade
@@ -332,7 +340,7 @@ def _eval(args) -> int:
     with _annotator(args) as annotator:
         r = evaluate(
             args.train, args.test, fmt=args.format, prices_path=args.prices, budget_fraction=args.budget_fraction,
-            output_tokens=args.output_tokens, binarize=args.binarize, tasks_from_files=args.tasks_from_files,
+            output_tokens=args.output_tokens, score_reading=args.scores, tasks_from_files=args.tasks_from_files,
             encoder=args.encoder, settings=_settings(args), annotator=annotator,
         )  # fmt: skip
     print(format_eval(r))

@@ -14,6 +14,12 @@ from typing import Sequence
 import numpy as np
 
 FORMATS = ("long", "scores-json", "routerbench")
+SCORE_READINGS = ("auto", "raw", "binary")
+# A choice's probability is at least 1/choices when the model picked the right one; graded
+# scores (F1, BLEU) go lower, sample fractions sit on a grid of k/n.
+PROBABILITY_FLOOR = 0.2
+GRID = 20
+ONES_SHARE = 0.05
 
 
 @dataclass(frozen=True)
@@ -25,6 +31,52 @@ class EvalTable:
     output_tokens: np.ndarray | None = None  # float32 [N, M]
     task: list[str] | None = None
     sources: tuple[str, ...] = ()
+    # Parts (a file, or a task of a file) whose scores were read as "the probability of the right
+    # choice when the model chose right" and so turned into 0/1: see `choice_probabilities`.
+    binarized: tuple[str, ...] = ()
+
+
+def choice_probabilities(scores: np.ndarray) -> bool:
+    """Whether a part's scores look like RouterDC's multiple-choice scores: 0 when wrong, else the
+    model's probability on the right choice. Then hardly any score is 1 (only a confident choice
+    that rounds to it: under `ONES_SHARE` of the positive ones, where a 0/1 or graded table has
+    many), every positive one is at least `PROBABILITY_FLOOR`, and most are off the grid of
+    k/`GRID` that fractions of samples sit on (gsm8k's "3 of 10 samples right" stays a fraction)."""
+    s = scores[np.isfinite(scores)]
+    pos = s[s > 0]
+    if pos.size == 0 or (pos >= 1).mean() >= ONES_SHARE or pos.min() < PROBABILITY_FLOOR:
+        return False
+    on_grid = np.isclose(pos * GRID, np.round(pos * GRID), atol=1e-4)
+    return bool(on_grid.mean() < 0.5)
+
+
+def _binarize(scores: np.ndarray) -> np.ndarray:
+    return np.where(np.isnan(scores), np.nan, (scores > 0).astype(np.float32)).astype(np.float32)
+
+
+def read_scores(part: EvalTable, reading: str) -> EvalTable:
+    """One file's scores as `reading` says: `raw` as in the table, `binary` any score > 0 counts as
+    correct, `auto` binary only for the tasks of the file (the whole file when it has no task
+    column) whose scores are choice probabilities (`choice_probabilities`)."""
+    if reading not in SCORE_READINGS:
+        raise ValueError(f"unknown score reading {reading!r}; known: {', '.join(SCORE_READINGS)}")
+    where = part.sources[0] if part.sources else "table"
+    if reading == "raw":
+        return part
+    if reading == "binary":
+        return replace(part, scores=_binarize(part.scores), binarized=(where,))
+    if part.task is None:
+        groups = {where: slice(None)}
+    else:
+        keys = np.asarray(part.task, dtype=object)
+        groups = {f"{where} [{t}]": np.flatnonzero(keys == t) for t in dict.fromkeys(part.task)}
+    scores = part.scores.copy()
+    done = []
+    for name, rows in groups.items():
+        if choice_probabilities(scores[rows]):
+            scores[rows] = _binarize(scores[rows])
+            done.append(name)
+    return replace(part, scores=scores, binarized=tuple(done)) if done else part
 
 
 def _columns(path: Path) -> list[str]:
@@ -161,11 +213,17 @@ def _read_long(path: Path) -> EvalTable:
 
 
 def read_eval_table(
-    paths: Sequence[str | Path], fmt: str | None = None, *, tasks_from_files: bool = False
+    paths: Sequence[str | Path],
+    fmt: str | None = None,
+    *,
+    tasks_from_files: bool = False,
+    score_reading: str = "auto",
 ) -> EvalTable:
     """Read and concatenate evaluation tables; models are the union, NaN where not evaluated.
 
-    `tasks_from_files`: each file holds one task, named by the file (see `task_from_file`)."""
+    `tasks_from_files`: each file holds one task, named by the file (see `task_from_file`).
+    `score_reading`: how scores are read, per file (`read_scores`); the result's `binarized` names the
+    files (or tasks of a file) whose scores were turned into 0/1."""
     parts: list[EvalTable] = []
     for p in map(Path, paths):
         if not p.is_file():
@@ -188,6 +246,7 @@ def read_eval_table(
             raise ValueError(f"unknown evaluation table format {f!r}; known: {', '.join(FORMATS)}")
     if tasks_from_files:
         parts = [replace(t, task=[task_from_file(Path(t.sources[0]))] * len(t.queries)) for t in parts]
+    parts = [read_scores(t, score_reading) for t in parts]
     models = tuple(sorted({m for t in parts for m in t.models}))
 
     def stack(attr: str) -> np.ndarray | None:
@@ -213,4 +272,5 @@ def read_eval_table(
         output_tokens=stack("output_tokens"),
         task=tasks,
         sources=tuple(s for t in parts for s in t.sources),
+        binarized=tuple(b for t in parts for b in t.binarized),
     )

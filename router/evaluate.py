@@ -80,6 +80,16 @@ def table_costs(
     return Costs(ones, ones, "rows", "equal costs (no costs in the table and no --prices)")
 
 
+def _score_note(reading: str, binarized: tuple[str, ...]) -> str:
+    if reading == "binary":
+        return "binary: any score > 0 counts as correct"
+    if not binarized:
+        return "as in the tables"
+    names = sorted({Path(b.split(" [")[0]).name + (f" [{b.split(' [')[1]}" if " [" in b else "") for b in binarized})
+    return ("as in the tables, except choice probabilities (0 when wrong, else the probability of the right "
+            f"choice), read as correct when > 0: {', '.join(names)}")  # fmt: skip
+
+
 def _outcome(scores: np.ndarray, cost: np.ndarray, choice: np.ndarray) -> dict[str, float]:
     rows = np.arange(len(choice))
     picked = choice >= 0
@@ -125,7 +135,7 @@ def evaluate(
     prices_path: str | None = None,
     budget_fraction: float | None = None,
     output_tokens: float = 256.0,
-    binarize: bool = False,
+    score_reading: str = "auto",
     tasks_from_files: bool = False,
     encoder: str = MINILM,
     settings: ProfileSettings = ProfileSettings(),
@@ -133,16 +143,13 @@ def evaluate(
 ) -> dict[str, Any]:
     """`annotator`: the `router.annotate.LLMAnnotator` of an `llm` or `distilled` setting; with
     `llm` it also annotates the test queries (a generation each), with `distilled` the heads do."""
-    train = read_eval_table(train_paths, fmt, tasks_from_files=tasks_from_files)
-    test = read_eval_table(test_paths, fmt, tasks_from_files=tasks_from_files)
+    train = read_eval_table(train_paths, fmt, tasks_from_files=tasks_from_files, score_reading=score_reading)
+    test = read_eval_table(test_paths, fmt, tasks_from_files=tasks_from_files, score_reading=score_reading)
     models = [m for m in train.models if m in test.models]
     if not models:
         raise ValueError("the training and test tables share no model")
     tr_scores = train.scores[:, [train.models.index(m) for m in models]]
     te_scores = test.scores[:, [test.models.index(m) for m in models]]
-    if binarize:
-        tr_scores = np.where(np.isnan(tr_scores), np.nan, (tr_scores > 0).astype(np.float32))
-        te_scores = np.where(np.isnan(te_scores), np.nan, (te_scores > 0).astype(np.float32))
     te_scores = np.nan_to_num(te_scores)
     prices = load_prices(prices_path) if prices_path else None
     costs = table_costs(train, test, models, prices, output_tokens)
@@ -189,7 +196,7 @@ def evaluate(
         "models": models,
         "cost_unit": costs.unit,
         "cost_source": costs.source,
-        "scores": "binarized (> 0 counts as correct)" if binarize else "as in the table",
+        "scores": _score_note(score_reading, train.binarized + test.binarized),
         "best_single": best_single,
         "oracle": _outcome(te_scores, costs.actual, oracle_choice),
         "router": router,
@@ -219,7 +226,7 @@ def evaluate(
 
 def format_eval(r: dict[str, Any]) -> str:
     lines = [f"train {r['n_train']} rows -> test {r['n_test']} rows, {len(r['models'])} models; "
-             f"cost: {r['cost_source']} [{r['cost_unit']}]"]  # fmt: skip
+             f"cost: {r['cost_source']} [{r['cost_unit']}]", f"scores: {r['scores']}"]  # fmt: skip
 
     def row(name: str, d: dict[str, Any]) -> str:
         return f"  {name:34} accuracy {d['accuracy']:.4f}   cost {d['cost']:.6g}"

@@ -153,9 +153,10 @@ def profile_from_tables(
     settings: ProfileSettings = ProfileSettings(),
     models: Sequence[str] | None = None,
     tasks_from_files: bool = False,
+    score_reading: str = "auto",
     annotator=None,
 ) -> Profiles:
-    table = read_eval_table(paths, fmt, tasks_from_files=tasks_from_files)
+    table = read_eval_table(paths, fmt, tasks_from_files=tasks_from_files, score_reading=score_reading)
     emb = encode_cached(encoder, table.queries, window=settings.window)
     return fit_profiles(table, emb, encoder=encoder, settings=settings, models=models, annotator=annotator)
 

@@ -72,3 +72,40 @@ def test_prompt_text_forms():
     assert prompt_text("plain [not a list") == "plain [not a list"
     assert prompt_text([{"role": "user", "content": "hi"}]) == "hi"
     assert prompt_text("['a', 'b']") == "a\n\nb"
+
+
+def test_choice_probabilities_are_read_as_right_or_wrong_and_other_scores_are_kept(tmp_path):
+    rng = np.random.default_rng(0)
+    m = ["a", "b", "c"]
+
+    def write(name, scores):
+        rows = [{"question": f"{name} {i}", "scores": dict(zip(m, map(float, s)))} for i, s in enumerate(scores)]
+        (tmp_path / name).write_text(json.dumps(rows))
+        return tmp_path / name
+
+    # RouterDC's multiple choice: 0 when wrong, else the probability put on the right choice.
+    probs = np.where(rng.random((200, 3)) < 0.5, 0.0, rng.uniform(0.26, 0.999, (200, 3)))
+    probs[0, 0] = 1.0  # a confident right choice that rounds to 1
+    samples = rng.integers(0, 11, (200, 3)) / 10  # fractions of 10 samples right
+    graded = np.where(rng.random((200, 3)) < 0.3, 0.0, rng.uniform(0.01, 0.9, (200, 3)))  # F1-like
+    binary = (rng.random((200, 3)) < 0.5).astype(float)
+    paths = [write("mc_train.json", probs), write("gsm_train.json", samples),
+             write("f1_train.json", graded), write("bin_train.json", binary)]  # fmt: skip
+    t = read_eval_table(paths, tasks_from_files=True)
+    assert t.binarized == (f"{paths[0]} [mc]",)
+    assert np.array_equal(t.scores[:200], (probs > 0).astype(np.float32))
+    assert np.allclose(t.scores[200:400], samples) and np.allclose(t.scores[400:600], graded)
+    assert np.array_equal(t.scores[600:], binary)
+    raw = read_eval_table(paths, score_reading="raw")
+    assert raw.binarized == () and np.allclose(raw.scores[:200], probs)
+    both = read_eval_table(paths[:2], score_reading="binary")
+    assert np.array_equal(both.scores[200:], (samples > 0).astype(np.float32))
+    # Within one file, each task is read on its own.
+    mixed = [{"question": f"q{i}", "task": "mc" if i < 200 else "gsm",
+              "scores": dict(zip(m, map(float, (probs if i < 200 else samples)[i % 200])))} for i in range(400)]  # fmt: skip
+    (tmp_path / "mixed.json").write_text(json.dumps(mixed))
+    t = read_eval_table([tmp_path / "mixed.json"])
+    assert t.binarized == (f"{tmp_path / 'mixed.json'} [mc]",)
+    assert np.array_equal(t.scores[:200], (probs > 0)) and np.allclose(t.scores[200:], samples)
+    with pytest.raises(ValueError, match="score reading"):
+        read_eval_table(paths, score_reading="bool")
