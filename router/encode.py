@@ -55,16 +55,18 @@ def encoder_name(model: str) -> str:
     return MINILM_NAME if model == MINILM else os.path.basename(os.path.normpath(model))
 
 
-# Characters of a long prompt the encoder sees. MiniLM reads 256 word pieces (about 1000
-# characters of English); a few-shot prompt puts the shared examples first and the question
-# last, so the head of every such prompt looks alike and the tail is what varies.
-WINDOW_CHARS = 1000
+# What of a long prompt the encoder sees. MiniLM reads 256 word pieces (about 1000 characters of
+# English, 256 of Chinese); a few-shot prompt puts the shared examples first and the question
+# last, so the head of every such prompt looks alike and the tail is what varies. `tail` keeps
+# the last word pieces (the tokenizer truncates from the left) of the last TAIL_CHARS characters
+# (a word piece covers at least one character, so this only bounds the tokenizer's work).
+TAIL_CHARS = 4096
 WINDOWS = ("head", "tail")
 
 
-def window_texts(texts: Sequence[str], window: str = "tail", chars: int = WINDOW_CHARS) -> list[str]:
-    """What the encoder embeds of each text: all of a short one; of a long one, its tail (the
-    question) or its head (what the encoder would truncate to anyway)."""
+def window_texts(texts: Sequence[str], window: str = "tail", chars: int = TAIL_CHARS) -> list[str]:
+    """What the tokenizer is given of each text: all of it for `head` (it keeps the first word
+    pieces), the last `chars` characters of a long one for `tail` (it keeps the last ones)."""
     if window == "head":
         return list(texts)
     if window != "tail":
@@ -148,17 +150,26 @@ class Tokenizer:
 
     def __init__(self, model: str = MINILM, window: str = "tail") -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from tokenizers import Tokenizer as HFTokenizer
 
         self.folder = ModelFolder(model)
         self.window = window
-        self.tok = HFTokenizer.from_file(os.path.join(self.folder.path, "tokenizer.json"))
-        self.tok.enable_truncation(self.folder.max_seq_length)
-        self.tok.no_padding()
+        self._toks: dict[str, object] = {}
+
+    def tok(self, window: str):
+        """The fast tokenizer that keeps the first (`head`) or last (`tail`) word pieces."""
+        if window not in self._toks:
+            from tokenizers import Tokenizer as HFTokenizer
+
+            tok = HFTokenizer.from_file(os.path.join(self.folder.path, "tokenizer.json"))
+            tok.enable_truncation(self.folder.max_seq_length, direction="left" if window == "tail" else "right")
+            tok.no_padding()
+            self._toks[window] = tok
+        return self._toks[window]
 
     def ids(self, texts: Sequence[str], window: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(offsets int64 [N+1], values int32): row i's ids are values[offsets[i]:offsets[i+1]]."""
-        encs = self.tok.encode_batch_fast(window_texts(texts, window or self.window)) if texts else []
+        window = window or self.window
+        encs = self.tok(window).encode_batch_fast(window_texts(texts, window)) if texts else []
         lengths = np.fromiter((len(e.ids) for e in encs), np.int64, len(encs))
         offsets = np.zeros(len(encs) + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])
@@ -310,7 +321,9 @@ class EmbeddingModel:
         if self.backend == "sentence-transformers":
             if not texts:
                 return np.zeros((0, self.dim), np.float32)
-            emb = self.st.encode(window_texts(texts, window or self.window), batch_size=256,
+            window = window or self.window
+            self.st.tokenizer.truncation_side = "left" if window == "tail" else "right"
+            emb = self.st.encode(window_texts(texts, window), batch_size=256,
                                  normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)  # fmt: skip
             return np.asarray(emb, dtype=np.float32)
         return self.embed_ids(*self.tokenizer.ids(texts, window))
@@ -434,7 +447,7 @@ def cache_dir() -> str:
 def encode_cached(model: str, texts: Sequence[str], window: str = "tail") -> np.ndarray:
     """Embeddings kept on disk under a hash of the encoder, window and texts: evaluating again on
     the same tables costs no encoding."""
-    h = hashlib.sha256(f"{encoder_name(model)}\0{window}\0{WINDOW_CHARS}".encode())
+    h = hashlib.sha256(f"{encoder_name(model)}\0{window}\0{TAIL_CHARS}\0tokens".encode())
     for t in texts:
         h.update(t.encode("utf-8", "surrogatepass"))
         h.update(b"\0")
