@@ -5,7 +5,7 @@ whole routing stage adds to a Ray Data pipeline that only produces embeddings.
 
 Part 1, one core (BLAS and OpenMP pinned to one thread): Scorer (annotate, score, cost), budget
 summary (pass 1), Assigner, on Arrow batches of synthetic unit embeddings; baseline: the one
-matrix product routing cannot avoid (embeddings x the 71 centroids and 7 capability prototypes).
+matrix product routing cannot avoid (embeddings x the profiles' 32 centroids and 7 capability prototypes).
 
 Part 2, local Ray with 2 CPUs: pipeline A makes the embeddings (a stand-in for the encoder: the
 same rows, columns and block sizes) and materialises them; pipeline B is A plus the routing stage

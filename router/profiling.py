@@ -21,9 +21,10 @@ class ProfileSettings:
     checked by 5-fold cross-validation on the llmrouter-9models training table (bench/profile_cv.py):
     clusters in {16, 32, 64} and r in {1, 3} all lie within 0.7 points of accuracy, head and tail
     windows within 0.1; the middle values are kept. On the routerdc-7models training tables the
-    same search puts 32 clusters, r = 3 and the task column first (0.649 at lambda=0; the others
-    0.639-0.648). The tail window is chosen for long few-shot prompts: bench/window.py, +2.7 to
-    +3.1 points over the best single model against +0.8 with the head, in distribution."""
+    same search puts 32 clusters, r = 3 and the task column first (0.649 at lambda=0, tied with
+    64 clusters; the others 0.639-0.648). The tail window is for long few-shot prompts
+    (bench/window.py: +2.7 to +3.1 points over the best single model against +0.8 with the head,
+    in distribution)."""
 
     n_clusters: int = 32
     alpha: float = 0.5
