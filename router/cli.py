@@ -141,8 +141,9 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
                    help="how scores are read. auto (default): as in the table, except a task (or a file "
                    "without tasks) whose scores are choice probabilities (0 when wrong, else the "
                    "probability of the right choice: under 5%% of the positive scores are 1, none is "
-                   "below 0.2, most are off the k/20 grid of sample fractions), which counts > 0 as correct; raw: as in the "
-                   "table; binary: every score > 0 counts as correct")  # fmt: skip
+                   "below 0.2, most are off the k/20 grid of sample fractions and they take many "
+                   "values), which counts > 0 as correct; raw: as in the table; binary: every score "
+                   "> 0 counts as correct")  # fmt: skip
     p.add_argument("--encoder", default="minilm", help="encoder: minilm (packaged) or a local folder")
     p.add_argument("--window", choices=["head", "tail"], default=d.window,
                    help=f"what of a long prompt is embedded (default {d.window})")  # fmt: skip

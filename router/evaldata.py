@@ -40,14 +40,16 @@ def choice_probabilities(scores: np.ndarray) -> bool:
     """Whether a part's scores look like RouterDC's multiple-choice scores: 0 when wrong, else the
     model's probability on the right choice. Then hardly any score is 1 (only a confident choice
     that rounds to it: under `ONES_SHARE` of the positive ones, where a 0/1 or graded table has
-    many), every positive one is at least `PROBABILITY_FLOOR`, and most are off the grid of
-    k/`GRID` that fractions of samples sit on (gsm8k's "3 of 10 samples right" stays a fraction)."""
+    many), every positive one is at least `PROBABILITY_FLOOR`, and they are continuous: most are
+    off the grid of k/`GRID` that fractions of samples sit on (gsm8k's "3 of 10 samples right"
+    stays a fraction), and they take many values, where a rating out of n takes at most n."""
     s = scores[np.isfinite(scores)]
     pos = s[s > 0]
     if pos.size == 0 or (pos >= 1).mean() >= ONES_SHARE or pos.min() < PROBABILITY_FLOOR:
         return False
     on_grid = np.isclose(pos * GRID, np.round(pos * GRID), atol=1e-4)
-    return bool(on_grid.mean() < 0.5)
+    distinct = np.unique(np.round(pos, 4)).size
+    return bool(on_grid.mean() < 0.5 and distinct > min(2 * GRID, pos.size // 2))
 
 
 def _binarize(scores: np.ndarray) -> np.ndarray:

@@ -89,13 +89,14 @@ def test_choice_probabilities_are_read_as_right_or_wrong_and_other_scores_are_ke
     samples = rng.integers(0, 11, (200, 3)) / 10  # fractions of 10 samples right
     graded = np.where(rng.random((200, 3)) < 0.3, 0.0, rng.uniform(0.01, 0.9, (200, 3)))  # F1-like
     binary = (rng.random((200, 3)) < 0.5).astype(float)
+    ratings = rng.integers(2, 9, (200, 3)) / 9  # a judge's 2..8 out of 9: off the k/20 grid, few values
     paths = [write("mc_train.json", probs), write("gsm_train.json", samples),
-             write("f1_train.json", graded), write("bin_train.json", binary)]  # fmt: skip
+             write("f1_train.json", graded), write("bin_train.json", binary), write("judge_train.json", ratings)]  # fmt: skip
     t = read_eval_table(paths, tasks_from_files=True)
     assert t.binarized == (f"{paths[0]} [mc]",)
     assert np.array_equal(t.scores[:200], (probs > 0).astype(np.float32))
     assert np.allclose(t.scores[200:400], samples) and np.allclose(t.scores[400:600], graded)
-    assert np.array_equal(t.scores[600:], binary)
+    assert np.array_equal(t.scores[600:800], binary) and np.allclose(t.scores[800:], ratings)
     raw = read_eval_table(paths, score_reading="raw")
     assert raw.binarized == () and np.allclose(raw.scores[:200], probs)
     both = read_eval_table(paths[:2], score_reading="binary")
