@@ -31,9 +31,10 @@ class EvalTable:
     output_tokens: np.ndarray | None = None  # float32 [N, M]
     task: list[str] | None = None
     sources: tuple[str, ...] = ()
-    # Parts (a file, or a task of a file) whose scores were read as "the probability of the right
-    # choice when the model chose right" and so turned into 0/1: see `choice_probabilities`.
-    binarized: tuple[str, ...] = ()
+    # Parts whose scores were turned into 0/1, as (file, task or None for the whole file): read as
+    # "the probability of the right choice when the model chose right" (`choice_probabilities`),
+    # or all of them when asked.
+    binarized: tuple[tuple[str, str | None], ...] = ()
 
 
 def choice_probabilities(scores: np.ndarray) -> bool:
@@ -66,12 +67,12 @@ def read_scores(part: EvalTable, reading: str) -> EvalTable:
     if reading == "raw":
         return part
     if reading == "binary":
-        return replace(part, scores=_binarize(part.scores), binarized=(where,))
+        return replace(part, scores=_binarize(part.scores), binarized=((where, None),))
     if part.task is None:
-        groups = {where: slice(None)}
+        groups = {(where, None): slice(None)}
     else:
         keys = np.asarray(part.task, dtype=object)
-        groups = {f"{where} [{t}]": np.flatnonzero(keys == t) for t in dict.fromkeys(part.task)}
+        groups = {(where, t): np.flatnonzero(keys == t) for t in dict.fromkeys(part.task)}
     scores = part.scores.copy()
     done = []
     for name, rows in groups.items():

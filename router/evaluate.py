@@ -80,12 +80,12 @@ def table_costs(
     return Costs(ones, ones, "rows", "equal costs (no costs in the table and no --prices)")
 
 
-def _score_note(reading: str, binarized: tuple[str, ...]) -> str:
+def _score_note(reading: str, binarized: tuple[tuple[str, str | None], ...]) -> str:
     if reading == "binary":
         return "binary: any score > 0 counts as correct"
     if not binarized:
         return "as in the tables"
-    names = sorted({Path(b.split(" [")[0]).name + (f" [{b.split(' [')[1]}" if " [" in b else "") for b in binarized})
+    names = sorted({Path(path).name + (f" [{task}]" if task is not None else "") for path, task in binarized})
     return ("as in the tables, except choice probabilities (0 when wrong, else the probability of the right "
             f"choice), read as correct when > 0: {', '.join(names)}")  # fmt: skip
 

@@ -93,7 +93,7 @@ def test_choice_probabilities_are_read_as_right_or_wrong_and_other_scores_are_ke
     paths = [write("mc_train.json", probs), write("gsm_train.json", samples),
              write("f1_train.json", graded), write("bin_train.json", binary), write("judge_train.json", ratings)]  # fmt: skip
     t = read_eval_table(paths, tasks_from_files=True)
-    assert t.binarized == (f"{paths[0]} [mc]",)
+    assert t.binarized == ((str(paths[0]), "mc"),)
     assert np.array_equal(t.scores[:200], (probs > 0).astype(np.float32))
     assert np.allclose(t.scores[200:400], samples) and np.allclose(t.scores[400:600], graded)
     assert np.array_equal(t.scores[600:800], binary) and np.allclose(t.scores[800:], ratings)
@@ -106,7 +106,7 @@ def test_choice_probabilities_are_read_as_right_or_wrong_and_other_scores_are_ke
               "scores": dict(zip(m, map(float, (probs if i < 200 else samples)[i % 200])))} for i in range(400)]  # fmt: skip
     (tmp_path / "mixed.json").write_text(json.dumps(mixed))
     t = read_eval_table([tmp_path / "mixed.json"])
-    assert t.binarized == (f"{tmp_path / 'mixed.json'} [mc]",)
+    assert t.binarized == ((str(tmp_path / "mixed.json"), "mc"),)
     assert np.array_equal(t.scores[:200], (probs > 0)) and np.allclose(t.scores[200:], samples)
     with pytest.raises(ValueError, match="score reading"):
         read_eval_table(paths, score_reading="bool")
