@@ -42,7 +42,7 @@ def main() -> None:
     args = ap.parse_args()
 
     table = read_eval_table(args.train, tasks_from_files=args.tasks_from_files, score_reading=args.scores)
-    scores = table.scores.copy()
+    scores = table.scores
     costs = table_costs(table, table, table.models, load_prices(args.prices) if args.prices else None, 256.0)
     n = len(table.queries)
     fold = np.random.default_rng(0).permutation(n) % args.folds
