@@ -984,7 +984,7 @@ def feed_started(cfg: JobConfig, rows: Iterable[pa.Table], hosts: Started, fence
     calls = (t.slice(lo, size) for t in rows for lo in range(0, t.num_rows, size))
     flying: dict[Any, int] = {}  # call -> engine
     load = [0] * len(hosts.actors)
-    total = {"rows": 0, "spend": 0.0, "errors": 0, "tokens": 0}
+    commits: list[dict[str, Any]] = []
     answered: list[pa.Table] = []
 
     def send() -> None:
@@ -997,9 +997,7 @@ def feed_started(cfg: JobConfig, rows: Iterable[pa.Table], hosts: Started, fence
                 load[i] += 1
 
     def commit() -> None:
-        part = commit_shard(pa.concat_tables(answered), cfg.output, fence).to_pylist()[0]
-        for k in total:
-            total[k] += part[k]
+        commits.append(commit_shard(pa.concat_tables(answered), cfg.output, fence).to_pylist()[0])
         answered.clear()
 
     send()
@@ -1012,7 +1010,7 @@ def feed_started(cfg: JobConfig, rows: Iterable[pa.Table], hosts: Started, fence
             commit()
     if answered:
         commit()
-    return total
+    return commit_totals(commits)
 
 
 def written_rows_and_tokens(output: str, models: list[str], resumed: Prior | None) -> tuple[int, int]:
@@ -1043,8 +1041,14 @@ def write_shards(cfg: JobConfig, rows, fence: str | None = None) -> dict[str, An
     done = out.map_batches(commit_shard, fn_kwargs=dict(output=cfg.output, fence=fence),
                            batch_size=cfg.generation.shard_rows,
                            batch_format="pyarrow", num_cpus=0.25)  # fmt: skip
+    return commit_totals(done.iter_rows())
+
+
+def commit_totals(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The rows, actual spend, generation errors and tokens of committed shards (`commit_shard`'s
+    one-row results), added up."""
     total = {"rows": 0, "spend": 0.0, "errors": 0, "tokens": 0}
-    for part in done.iter_rows():
+    for part in parts:
         for k in total:
             total[k] += part[k]
     return total
