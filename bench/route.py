@@ -3,9 +3,11 @@ whole routing stage adds to a Ray Data pipeline that only produces embeddings.
 
     python bench/route.py [--rows 1000000] [--batch 65536] [--no-ray]
 
-Part 1, one core (BLAS and OpenMP pinned to one thread): Scorer (annotate, score, cost), budget
-summary (pass 1), Assigner, on Arrow batches of synthetic unit embeddings; baseline: the one
-matrix product routing cannot avoid (embeddings x the profiles' 32 centroids and 7 capability prototypes).
+Part 1, one core (BLAS and OpenMP pinned to one thread): Scorer (annotate, score, cost, and the
+budget's pass 1, which walks every row's price hull and keeps it as a column), pass 2 (the
+critical bin's breakpoints, read from the kept hulls), Assigner (likewise), on Arrow batches of
+synthetic unit embeddings; baseline: the one matrix product routing cannot avoid (embeddings x the
+profiles' 32 centroids and 7 capability prototypes).
 
 Part 2, local Ray with 2 CPUs: pipeline A makes the embeddings (a stand-in for the encoder: the
 same rows, columns and block sizes) and materialises them; pipeline B is A plus the routing stage
@@ -37,7 +39,8 @@ from router import budget as B  # noqa: E402
 from router import schema as S  # noqa: E402
 from router.config import load_config  # noqa: E402
 from router.encode import embeddings_to_arrow  # noqa: E402
-from router.route import Assigner, PoolArrays, Scorer, cost_from_batch, matrix_from_column  # noqa: E402
+from router.pipeline import _collect_rows  # noqa: E402
+from router.route import Assigner, PoolArrays, Scorer, cost_from_batch, keys_of, matrix_from_column  # noqa: E402
 
 PROMPT = "Explain how a river delta forms and why some rivers have none."
 
@@ -70,20 +73,27 @@ def one_core(cfg, n: int) -> None:
     scored = scorer(batch)
     q, c = matrix_from_column(scored[S.QUALITY]), cost_from_batch(scored)
     budget = 0.5 * float(np.nansum(np.nanmin(c, 1)) + np.nansum(c[np.arange(n), np.nanargmax(q, 1)]))
-    plan = B.solve_budget(q, c, budget)
-    assigner = Assigner(cfg.model_names, B.BudgetPlan(lam=plan.lam, tie_key=None, predicted_cost=0.0), False)
+    summary = B.summarize(q, c)
+    bin = B.critical_bin(summary, budget)
+    plan = B.solve_lambda(summary, budget, *B.collect_bin(q, c, keys_of(scored), bin))
+    assigner = Assigner(cfg.model_names, plan, False)
     rows = [
         ("baseline: embeddings x taxonomy (one matrix product)", best_of(lambda: emb @ taxonomy)),
-        ("Scorer: annotate + score + cost -> Arrow columns", best_of(lambda: scorer(batch))),
-        ("budget summary (pass 1 histogram)", best_of(lambda: B.summarize(matrix_from_column(
-            scored[S.QUALITY]), cost_from_batch(scored)))),  # fmt: skip
+        ("Scorer: annotate, score, cost, budget pass 1 (hulls)", best_of(lambda: scorer(batch))),
+        ("budget pass 2: the critical bin's breakpoints", best_of(lambda: _collect_rows(scored, bin, False))),
         ("Assigner (binding budget)", best_of(lambda: assigner(scored))),
     ]
     total = sum(sec for _, sec in rows[1:])
     print(f"\nPart 1: one core, {n:,} rows per batch, {len(cfg.model_names)} models")
     print(f"{'step':56} {'ms':>8} {'rows/s':>12} {'x baseline':>10}")
-    for name, sec in rows + [("routing stage in all (Scorer + summary + Assigner)", total)]:
+    for name, sec in rows + [("routing stage in all (Scorer + pass 2 + Assigner)", total)]:
         print(f"{name:56} {sec * 1e3:>8.1f} {n / sec:>12,.0f} {sec / rows[0][1]:>9.2f}x")
+    # What the hulls the Scorer keeps save: the same passes walking every row again.
+    walked = Assigner(cfg.model_names, plan, False)
+    unkept = scored.drop_columns([S.HULL])
+    again = best_of(lambda: B.collect_bin(matrix_from_column(unkept[S.QUALITY]), cost_from_batch(unkept),
+                                          keys_of(unkept), bin)) + best_of(lambda: walked(unkept))  # fmt: skip
+    print(f"(pass 2 and the Assigner walking every row again instead: {again * 1e3:.1f} ms)")
 
 
 def assign_batch(batch: pa.Table, assigner: Assigner) -> pa.Table:

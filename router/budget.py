@@ -578,6 +578,94 @@ def summarize(
     return _summarize_blocks((block for _, block in _walk(quality, cost, allow_skip)), allow_skip)
 
 
+@dataclass(frozen=True)
+class Hulls:
+    """Every row's hull walk (``allow_skip=False``) kept, so that later passes over the same
+    rows read it instead of walking again: row ``i``'s entries are ``offsets[i]:offsets[i + 1]``.
+    The first is ``(0, its best model)``; each next ``(lam, model)`` is the model the row takes
+    from price ``lam`` on. Prices are non-decreasing along a row; a row no model can take has
+    no entry. :func:`assign_hulls` and :func:`collect_hulls` give exactly what :func:`assign`
+    and :func:`collect_bin` give on the rows the hulls were walked on."""
+
+    offsets: np.ndarray  # int64 [N + 1]
+    lam: np.ndarray  # float64 [entries]
+    model: np.ndarray  # int16 [entries]
+
+
+def _hulls_of(blocks: Sequence[tuple[int, _Block]], n_rows: int) -> Hulls:
+    counts = np.zeros(n_rows, np.int64)
+    lams, models = [], []
+    for lo, block in blocks:
+        size = block.start.size
+        has = np.flatnonzero(block.start >= 0)
+        # Rows fit 16 bits in a block of the usual size: numpy's stable sort is then a radix sort.
+        row_type = np.uint16 if size <= 1 << 16 else np.int64
+        rows = [has.astype(row_type)] + [step[0].astype(row_type) for step in block.steps]
+        rows = np.concatenate(rows)
+        # The start first, then the steps in walk order: a stable sort by row keeps each row's
+        # entries in price order.
+        order = np.argsort(rows, kind="stable")
+        lams.append(np.concatenate([np.zeros(has.size)] + [step[1] for step in block.steps])[order])
+        models.append(np.concatenate([block.start[has]] + [step[3] for step in block.steps]).astype(np.int16)[order])
+        counts[lo : lo + size] = np.bincount(rows, minlength=size)
+    offsets = np.zeros(n_rows + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    cat = np.concatenate
+    return Hulls(offsets, cat(lams) if lams else np.zeros(0), cat(models) if models else np.zeros(0, np.int16))
+
+
+def summarize_hulls(quality: Any, cost: Any) -> tuple[BudgetSummary, Hulls]:
+    """:func:`summarize` (``allow_skip=False``), and the rows' hulls from the same walk."""
+    quality, cost = _as_matrices(quality, cost)
+    blocks = list(_walk(quality, cost, False))
+    return _summarize_blocks((block for _, block in blocks), False), _hulls_of(blocks, quality.shape[0])
+
+
+def _entry_rows(hulls: Hulls, entries: np.ndarray) -> np.ndarray:
+    return np.searchsorted(hulls.offsets, entries, side="right") - 1
+
+
+def assign_hulls(hulls: Hulls, plan: BudgetPlan, keys: Callable[[np.ndarray], Any]) -> np.ndarray:
+    """:func:`assign` (``allow_skip=False``) read from the rows' hulls: no walk. ``keys(rows)``
+    gives the keys of the rows asked for; it is called only for rows tied at ``plan.lam``."""
+    offsets, lam = hulls.offsets, hulls.lam
+    first, ends = offsets[:-1], offsets[1:]
+    if not lam.size:
+        return np.full(first.size, -1, np.int64)
+    # Entries the row passes at the plan's price form a prefix of its entries: its start, every
+    # price below lam, and one at lam unless the tie rule keeps the row's choice from below it.
+    take = lam < plan.lam
+    take[first[ends > first]] = True
+    if plan.lam > 0:
+        tied = np.flatnonzero(lam == plan.lam)
+        if tied.size:
+            moves = np.ones(tied.size, bool)
+            if plan.tie_key is not None:
+                moves = ~(np.asarray(keys(_entry_rows(hulls, tied))) <= plan.tie_key)
+            take[tied[moves]] = True
+    passed = np.zeros(lam.size + 1, np.int64)
+    np.cumsum(take, out=passed[1:])
+    last = first + (passed[ends] - passed[first]) - 1
+    return np.where(last >= first, hulls.model.take(np.maximum(last, 0), mode="clip"), -1).astype(np.int64)
+
+
+def collect_hulls(
+    hulls: Hulls, cost: np.ndarray, keys: Callable[[np.ndarray], Any], bin: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`collect_bin` (``allow_skip=False``) read from the rows' hulls and the cost matrix
+    they were walked on: no walk."""
+    offsets, lam = hulls.offsets, hulls.lam
+    inside = np.flatnonzero(_lam_bin(lam) == bin)
+    inside = inside[lam[inside] > 0]  # a row's start is not a breakpoint
+    rows = _entry_rows(hulls, inside)
+    width = cost.shape[1]
+    flat = np.ascontiguousarray(cost).ravel()
+    # The walk's drop: the cost of the model left minus that of the model taken, in float64.
+    left = flat.take(rows * width + hulls.model[inside - 1]).astype(np.float64)
+    dcost = left - flat.take(rows * width + hulls.model[inside]).astype(np.float64)
+    return lam[inside], dcost, np.asarray(keys(rows))
+
+
 def _require_feasible(summary: BudgetSummary, budget: float) -> None:
     if summary.window is not None:
         if not summary.min_cost <= budget < summary.base_cost:

@@ -32,8 +32,14 @@ def cost_matrix(
 ) -> np.ndarray:
     """Cost [N, M] in USD; NaN where the prompt does not fit the model's context.
 
-    input_tokens [N]; output_tokens [N, M] (planned answer length); prices [M] in USD per 1M tokens.
+    input_tokens [N]; output_tokens [N, M] or [M] (planned answer length, per row or the same for
+    every row); prices [M] in USD per 1M tokens.
     """
-    inp = np.asarray(input_tokens, dtype=np.float64)[:, None]
-    c = (inp * input_price[None, :] + output_tokens * output_price[None, :]) * 1e-6
-    return np.where(inp < max_context[None, :], c, np.nan)
+    inp = np.asarray(input_tokens, dtype=np.float64)
+    # (inp * input_price + output_tokens * output_price) * 1e-6, in place: one [N, M] array.
+    c = np.multiply.outer(inp, np.asarray(input_price, np.float64))
+    c += np.asarray(output_tokens, np.float64) * output_price
+    c *= 1e-6
+    if inp.size and inp.max() >= np.min(max_context):
+        c[~(inp[:, None] < max_context)] = np.nan
+    return c

@@ -38,7 +38,8 @@ from router.inputs import plan_read, read_units, units_as_items
 from router.output import Prior, clear_tmp, commit_shard, committed_files, open_output, raise_fence, read_prior
 from router.profiles import load_profiles
 from router.route import (
-    Assigner, PoolArrays, RoutePlan, Scorer, cost_from_batch, group_keys, keys_of, matrix_from_column,
+    Assigner, PoolArrays, RoutePlan, Scorer, cost_from_batch, group_keys, hulls_from_column, keys_at, keys_of,
+    matrix_from_column,
 )  # fmt: skip
 
 # Rows per batch for the vectorised stages (score, budget, assign): large enough that numpy's
@@ -304,9 +305,13 @@ def _summary_rows(batch: pa.Table, allow_skip: bool) -> pa.Table:
 
 
 def _collect_rows(batch: pa.Table, bin: int, allow_skip: bool) -> pa.Table:
-    lam, dcost, keys = B.collect_bin(
-        matrix_from_column(batch[S.QUALITY]), cost_from_batch(batch), keys_of(batch), bin, allow_skip=allow_skip
-    )
+    if not allow_skip and S.HULL in batch.column_names:  # the Scorer's walk, read back
+        hulls, cost = hulls_from_column(batch[S.HULL]), matrix_from_column(batch[S.COST])
+        lam, dcost, keys = B.collect_hulls(hulls, cost, keys_at(batch), bin)
+    else:
+        lam, dcost, keys = B.collect_bin(
+            matrix_from_column(batch[S.QUALITY]), cost_from_batch(batch), keys_of(batch), bin, allow_skip=allow_skip
+        )
     return pa.table({"lam": pa.array(lam, pa.float64()), "dcost": pa.array(dcost, pa.float64()),
                      "key": pa.array(keys, pa.string())})  # fmt: skip
 
@@ -336,7 +341,9 @@ def solve_plan(scored, budget: float, summary: B.BudgetSummary | None = None) ->
     bin = B.critical_bin(summary, budget)
     if bin is None:
         return B.solve_lambda(summary, budget, [], [], []), allow_skip
-    found = per_batch(scored, _collect_rows, [S.ID, S.QUALITY, S.COST], bin=bin, allow_skip=allow_skip)
+    kept = not allow_skip and S.HULL in (scored.columns() or ())  # pass 1's walk, kept by the Scorer
+    columns = [S.ID, S.COST, S.HULL] if kept else [S.ID, S.QUALITY, S.COST]
+    found = per_batch(scored, _collect_rows, columns, bin=bin, allow_skip=allow_skip)
     tables = [t for t in found if t.num_rows]
     t = pa.concat_tables(tables) if tables else pa.table({"lam": [], "dcost": [], "key": []})
     lam = t["lam"].to_numpy()

@@ -6,6 +6,7 @@ per batch); `Assigner` applies the budget plan found on the driver. Neither loop
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,9 +66,30 @@ def matrix_from_column(column) -> np.ndarray:
     return embeddings_from_arrow(column)
 
 
+def _hull_column(hulls: B.Hulls) -> pa.ListArray:
+    """list<struct<lam: float64, model: int16>>: each row's hull walk (`router.budget.Hulls`)."""
+    entries = pa.StructArray.from_arrays([pa.array(hulls.lam), pa.array(hulls.model)], names=["lam", "model"])
+    return pa.ListArray.from_arrays(pa.array(hulls.offsets.astype(np.int32)), entries)
+
+
+def hulls_from_column(column) -> B.Hulls:
+    """The `Hulls` a Scorer stored (no copy when the column is one chunk)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+    # The offsets of a slice of a column index the values of the whole column: keep this slice's.
+    offsets = column.offsets.to_numpy().astype(np.int64)
+    lam, model = column.values.flatten()
+    first, end = (int(offsets[0]), int(offsets[-1])) if offsets.size else (0, 0)
+    return B.Hulls(offsets - first, lam.to_numpy()[first:end], model.to_numpy()[first:end])
+
+
 class Scorer:
     """Ray Data stage: predicted quality [M] and cost [M] per row, plus the row's top capabilities
-    and domains. Sets `too_long` on rows no model's context can hold. Drops the embedding."""
+    and domains. Sets `too_long` on rows no model's context can hold. Drops the embedding.
+
+    It also walks every row's price hull once (`router.budget.summarize_hulls`): the budget's
+    first pass (the summary, sent to `summary_sink` when one is given) and the hull itself, kept
+    as a column so that the critical-bin pass and the Assigner read it instead of walking again."""
 
     def __init__(self, profiles: str, pool: PoolArrays, task_column: str | None = None, summary_sink=None):
         self.profiles: Profiles = load_profiles(profiles).select(pool.models)
@@ -86,30 +108,35 @@ class Scorer:
         nbytes = pc.fill_null(pc.binary_length(batch[S.PROMPT]), 0).to_numpy()
         in_tokens = estimate_input_tokens(nbytes, pool.mode)
         if pool.mode == "hard":
-            out_tokens = np.broadcast_to(pool.max_tokens.astype(np.float64), quality.shape)
+            out_tokens = pool.max_tokens.astype(np.float64)  # [M]: the same for every row
         else:
             predicted = p.expected_output_tokens(ann).astype(np.float64)
             out_tokens = np.minimum(np.where(np.isnan(predicted), pool.expected_output, predicted), pool.max_tokens)
         cost = cost_matrix(in_tokens, out_tokens, pool.input_price, pool.output_price, pool.max_context)
         status = batch[S.STATUS]
         ok = pc.equal(status, S.OK).to_numpy(zero_copy_only=False)
-        no_fit = ok & np.isnan(cost).all(axis=1)
+        # A cell is NaN only where the prompt outruns that model's context.
+        too_long_somewhere = in_tokens.size and in_tokens.max() >= pool.max_context.min()
+        no_fit = ok & np.isnan(cost).all(axis=1) if too_long_somewhere else np.zeros(len(ok), bool)
         if no_fit.any():
             status = pc.if_else(pa.array(no_fit), S.TOO_LONG, status)
             msg = f"prompt longer than every model's context (largest {int(pool.max_context.max())} tokens)"
             error = pc.if_else(pa.array(no_fit), msg, batch[S.ERROR])
             batch = batch.set_column(batch.schema.get_field_index(S.ERROR), S.ERROR, error)
         # Rows that are not routable get no model at all: NaN everywhere keeps them out of the budget.
-        cost[~(ok & ~no_fit)] = np.nan
+        routable = ok & ~no_fit
+        if not routable.all():
+            cost[~routable] = np.nan
         cost32 = cost.astype(np.float32)
+        # The budget's first pass rides on this one: the summary (and hulls) of exactly the
+        # numbers the later passes read back, the float32 costs.
+        summary, hulls = B.summarize_hulls(quality, cost32.astype(np.float64))
         if self.summary_sink is not None:
-            # The budget's first pass rides on this one: the summary of exactly the numbers the
-            # later passes read back (float32 costs), keyed so that a retried batch counts once.
             import ray
 
             ids = batch[S.ID]
-            key = f"{ids[0]}\0{ids[-1]}\0{batch.num_rows}" if batch.num_rows else ""
-            ray.get(self.summary_sink.add.remote(key, B.summarize(quality, cost32.astype(np.float64))))
+            key = f"{ids[0]}\0{ids[-1]}\0{batch.num_rows}" if batch.num_rows else ""  # a retried batch counts once
+            ray.get(self.summary_sink.add.remote(key, summary))
         out = batch.drop_columns([S.EMBEDDING, S.STATUS])
         return (
             out.append_column(S.STATUS, status)
@@ -118,11 +145,17 @@ class Scorer:
             .append_column(S.COST, _matrix_column(cost32))
             .append_column(S.CAPABILITIES, _names_column(p.capability_names, ann.capabilities))
             .append_column(S.DOMAINS, _names_column(p.domain_names, ann.domains))
+            .append_column(S.HULL, _hull_column(hulls))
         )
 
 
 def keys_of(batch: pa.Table) -> np.ndarray:
     return batch[S.ID].to_numpy(zero_copy_only=False).astype(str)
+
+
+def keys_at(batch: pa.Table) -> Callable[[np.ndarray], np.ndarray]:
+    """`rows -> keys_of(batch)[rows]`, converting only the rows asked for."""
+    return lambda rows: batch[S.ID].take(pa.array(rows, pa.int64())).to_numpy(zero_copy_only=False).astype(str)
 
 
 def group_keys(batch: pa.Table, column: str) -> np.ndarray:
@@ -160,7 +193,12 @@ class Assigner:
             self.skipped = "the budget cannot pay for this row"
 
     def choices(self, batch: pa.Table, quality: np.ndarray, cost: np.ndarray) -> np.ndarray:
+        """Each row's model (-1: none); `cost` as stored (float32), walked in float64 as every
+        pass of the budget reads it."""
         plan = self.plan
+        if isinstance(plan, B.BudgetPlan) and not self.allow_skip and S.HULL in batch.column_names:
+            return B.assign_hulls(hulls_from_column(batch[S.HULL]), plan, keys_at(batch))
+        cost = cost.astype(np.float64)
         if isinstance(plan, B.GroupPlan):
             assert self.group_column is not None
             return plan.assign(quality, cost, group_keys(batch, self.group_column))
@@ -172,20 +210,21 @@ class Assigner:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         quality = matrix_from_column(batch[S.QUALITY])
-        cost = cost_from_batch(batch)
+        cost = matrix_from_column(batch[S.COST])
         choice = self.choices(batch, quality, cost)
         chosen = choice >= 0
-        rows = np.arange(len(choice))
         safe = np.where(chosen, choice, 0)
-        q = np.where(chosen, quality[rows, safe], np.nan)
-        c = np.where(chosen, cost[rows, safe], np.nan)
+        cells = np.arange(0, len(choice) * quality.shape[1], quality.shape[1]) + safe
+        q = quality.ravel().take(cells).astype(np.float64)
+        c = cost.ravel().take(cells).astype(np.float64)
         status = batch[S.STATUS]
         skipped = pc.and_(pc.equal(status, S.OK), pa.array(~chosen))
         status = pc.if_else(skipped, S.OVER_BUDGET, status)
         error = pc.if_else(skipped, self.skipped, batch[S.ERROR])
         model = pa.array(list(self.models), pa.string()).take(pa.array(safe))
         model = pc.if_else(pa.array(chosen), model, pa.scalar(None, pa.string()))
-        out = batch.drop_columns([S.QUALITY, S.COST, S.STATUS, S.ERROR])
+        working = [S.QUALITY, S.COST, S.STATUS, S.ERROR, S.HULL]
+        out = batch.drop_columns([c for c in working if c in batch.column_names])
         return (
             out.append_column(S.MODEL, model)
             .append_column(S.STATUS, status)

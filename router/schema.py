@@ -13,6 +13,7 @@ COST = "cost_matrix"  # list<float32>[M]: predicted cost per model (NaN: model c
 EST_INPUT_TOKENS = "est_input_tokens"
 CAPABILITIES = "capabilities"  # list<string>: the row's top capabilities, most important first
 DOMAINS = "domains"  # list<string>: the row's top knowledge domains
+HULL = "price_hull"  # list<struct<lam, model>>: the row's walk down its hull (router.budget.Hulls)
 MODEL = "model"
 PREDICTED_QUALITY = "predicted_quality"
 PREDICTED_COST = "predicted_cost"
@@ -48,4 +49,4 @@ OUTPUT_COLUMNS = (
     DOMAINS,
 )
 # Working columns dropped before writing.
-INTERNAL_COLUMNS = (EMBEDDING, QUALITY, COST, EST_INPUT_TOKENS)
+INTERNAL_COLUMNS = (EMBEDDING, QUALITY, COST, EST_INPUT_TOKENS, HULL)

@@ -42,6 +42,9 @@ from router.budget import (
     solve_capped,
     solve_lambda,
     summarize,
+    summarize_hulls,
+    assign_hulls,
+    collect_hulls,
 )
 
 # No example database: a run never depends on, or records, earlier failures.
@@ -390,6 +393,61 @@ def test_streamed_equals_in_memory(seed: int, n: int, m: int, key_kind: str, all
     assert_valid(quality, cost, expected, budget, skipping=allow_skip and budget < cheapest)
     assert plan.predicted_cost == pytest.approx(expected.total_cost, rel=1e-9, abs=1e-9)
     assert plan.predicted_cost <= budget
+
+
+@pytest.mark.timeout(60)
+@settings(max_examples=60, deadline=None, database=None)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 300),
+    st.integers(1, 6),
+    st.sampled_from(["int", "str"]),
+    st.sampled_from(["float64", "float32", "float32 costs read as float64"]),
+)
+def test_kept_hulls_give_what_walking_again_gives(seed: int, n: int, m: int, key_kind: str, dtypes: str) -> None:
+    """The Scorer keeps each row's hull from pass 1; pass 2 and the assignment read it instead of
+    walking again. Same summary, same breakpoints, same plan and same choices, ties included."""
+    rng = np.random.default_rng(seed)
+    quality, cost = float_instance(rng, n, m)
+    if n:
+        dupes = rng.integers(0, n, n // 3)  # exact ties at the critical price
+        quality[dupes], cost[dupes] = quality[0], cost[0]
+        quality[rng.integers(0, n, n // 10)] = np.nan  # rows no model can take
+    if dtypes != "float64":
+        quality, cost = quality.astype(np.float32), cost.astype(np.float32)
+    if dtypes == "float32 costs read as float64":  # as the pipeline reads its float32 column
+        cost = cost.astype(np.float64)
+    ids = rng.permutation(10 * n + 1)[:n]
+    keys = np.array([f"row-{i:06d}" for i in ids]) if key_kind == "str" else ids.astype(np.int64)
+    cheapest, base = min_and_base_cost(quality.astype(float), cost.astype(float))
+    with small_blocks():
+        walked = summarize(quality, cost)
+        kept, hulls = summarize_hulls(quality, cost)
+        assert (kept.base_cost, kept.min_cost, kept.n_rows) == (walked.base_cost, walked.min_cost, walked.n_rows)
+        np.testing.assert_array_equal(kept.counts, walked.counts)
+        np.testing.assert_array_equal(kept.hist, walked.hist)
+        assert hulls.offsets.size == n + 1 and np.all(np.diff(hulls.offsets) >= 0)
+        for fraction in (0.0, 0.3, 0.7, 1.0):
+            budget = cheapest * (1 + 1e-9) + (base - cheapest) * fraction
+            found = critical_bin(walked, budget)
+            if found is None:
+                plan = solve_lambda(walked, budget, [], [], keys[:0])
+            else:
+                lam, dcost, k = collect_bin(quality, cost, keys, found)
+                lam2, dcost2, k2 = collect_hulls(hulls, cost, lambda rows: keys[rows], found)
+                order, order2 = np.lexsort((k, lam)), np.lexsort((k2, lam2))
+                np.testing.assert_array_equal(lam[order], lam2[order2])
+                np.testing.assert_array_equal(dcost[order], dcost2[order2])
+                np.testing.assert_array_equal(k[order], k2[order2])
+                plan = solve_lambda(walked, budget, lam, dcost, k)
+                assert plan == solve_lambda(walked, budget, lam2, dcost2, k2)
+            def keys_at(rows: np.ndarray) -> np.ndarray:
+                return keys[rows]
+
+            assert np.array_equal(assign_hulls(hulls, plan, keys_at), assign(quality, cost, plan, keys))
+            for tie_key in (keys[0] if n else None, None):  # other tie thresholds at the same price
+                other = BudgetPlan(plan.lam, tie_key, plan.predicted_cost)
+                assert np.array_equal(assign_hulls(hulls, other, keys_at), assign(quality, cost, other, keys))
 
 
 @pytest.mark.timeout(60)

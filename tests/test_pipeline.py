@@ -136,7 +136,7 @@ def test_the_summary_sent_while_scoring_equals_a_separate_pass(job):
     import numpy as np
     import ray
 
-    from router.pipeline import _merged_summary, scored_dataset, solve_plan, summary_sink
+    from router.pipeline import _merged_summary, assign_rows, scored_dataset, solve_plan, summary_sink
 
     cfg = job[0]
     sink = summary_sink()
@@ -150,6 +150,17 @@ def test_the_summary_sent_while_scoring_equals_a_separate_pass(job):
     np.testing.assert_array_equal(sent.counts, separate.counts)
     np.testing.assert_allclose(sent.hist, separate.hist, rtol=1e-12)
     assert solve_plan(scored, cfg.budget.total, sent) == solve_plan(scored, cfg.budget.total)
+    # Pass 2 and the Assigner read the hulls the Scorer kept: the same plan and models as walking.
+    walked = scored.drop_columns([S.HULL]).materialize()
+    plan, skip = solve_plan(scored, cfg.budget.total, sent)
+    assert plan.lam > 0 and not skip and (plan, skip) == solve_plan(walked, cfg.budget.total, sent)
+
+    def models(ds):
+        rows = assign_rows(cfg, ds, plan, skip).take_all()
+        assert all(S.HULL not in r for r in rows)
+        return sorted((r[S.ID], r[S.MODEL], r[S.PREDICTED_COST]) for r in rows)
+
+    assert models(scored) == models(walked)
 
 
 def test_small_jobs_route_in_the_driver_as_large_ones_do_through_ray(job, monkeypatch):
