@@ -215,14 +215,18 @@ def test_caps_limit_what_one_model_takes(job):
     busiest = max(counts, key=counts.get)
     cap = counts[busiest] // 2
     spend_capped = next(m for m in counts if m != busiest)
+    # Rows the caps push off go to dearer models too: a budget with room for that (the job's own
+    # may be spent to the last row), which the caps still bind under.
     small, capped, planned = _planned(
-        cfg, f"budget.total={cfg.budget.total}", f"models.{busiest}.max_rows={cap}",
+        cfg, f"budget.total={1.5 * cfg.budget.total}", f"models.{busiest}.max_rows={cap}",
         f"models.{spend_capped}.max_spend=0.00001",
     )  # fmt: skip
     assert sorted(r[S.ID] for r in planned) == sorted(r["id"] for r in rows)
     ok = [r for r in planned if r[S.STATUS] == S.OK]
     assert len(ok) == len(PROMPTS) + 1  # the budget still covers every routable row
     assert sum(r[S.MODEL] == busiest for r in ok) <= cap
+    uncapped = _planned(cfg, f"budget.total={1.5 * cfg.budget.total}")[2]
+    assert sum(r[S.MODEL] == busiest for r in uncapped) > cap  # the cap binds
     assert sum(r[S.PREDICTED_COST] for r in ok if r[S.MODEL] == spend_capped) <= 0.00001 + 1e-15
     assert sum(r[S.PREDICTED_COST] for r in ok) <= small.budget.total
     assert capped.plan.predicted_cost == pytest.approx(sum(r[S.PREDICTED_COST] for r in ok), rel=1e-9)
