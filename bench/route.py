@@ -39,7 +39,7 @@ from router import budget as B  # noqa: E402
 from router import schema as S  # noqa: E402
 from router.config import load_config  # noqa: E402
 from router.encode import embeddings_to_arrow  # noqa: E402
-from router.pipeline import _collect_rows  # noqa: E402
+from router.pipeline import ROUTE_BATCH, _collect_rows  # noqa: E402
 from router.route import Assigner, PoolArrays, Scorer, cost_from_batch, keys_of, matrix_from_column  # noqa: E402
 
 PROMPT = "Explain how a river delta forms and why some rivers have none."
@@ -186,7 +186,7 @@ def through_ray(cfg, rows: int, batch_rows: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000, help="rows through Ray (part 2)")
-    ap.add_argument("--batch", type=int, default=65536, help="rows per batch")
+    ap.add_argument("--batch", type=int, default=ROUTE_BATCH, help=f"rows per batch (default {ROUTE_BATCH}, as `router run`)")
     ap.add_argument("--no-ray", action="store_true", help="part 1 only")
     args = ap.parse_args()
     cfg = load_config("jobs/configs/local.yaml", ["input=x", "output=y"])

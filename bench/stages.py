@@ -29,6 +29,7 @@ from router import schema as S  # noqa: E402
 from router.config import load_config  # noqa: E402
 from router.encode import Encoder, embeddings_to_arrow  # noqa: E402
 from router.inputs import ReadUnits, plan_read, units_as_items  # noqa: E402
+from router.pipeline import ROUTE_BATCH  # noqa: E402
 from router.route import Assigner, PoolArrays, Scorer, matrix_from_column  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -72,7 +73,7 @@ def main() -> None:
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     with_emb = table.append_column(S.EMBEDDING, embeddings_to_arrow(emb))
     scorer = Scorer(cfg.profiles, PoolArrays.from_config(cfg))
-    scored, sec = timed(lambda: pa.concat_tables(scorer(b) for b in _batches(with_emb, 8192)))
+    scored, sec = timed(lambda: pa.concat_tables(scorer(b) for b in _batches(with_emb, ROUTE_BATCH)))
     results.append(("score + cost (Scorer)", scored.num_rows, sec))
 
     q = matrix_from_column(scored[S.QUALITY])
@@ -83,7 +84,7 @@ def main() -> None:
 
     plan = B.BudgetPlan(lam=sol.lam, tie_key=None, predicted_cost=sol.total_cost)
     assigner = Assigner(cfg.model_names, plan, allow_skip=False)
-    assigned, sec = timed(lambda: pa.concat_tables(assigner(b) for b in _batches(scored, 8192)))
+    assigned, sec = timed(lambda: pa.concat_tables(assigner(b) for b in _batches(scored, ROUTE_BATCH)))
     results.append(("assign (Assigner)", assigned.num_rows, sec))
 
     if not args.no_generate:

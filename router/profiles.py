@@ -69,6 +69,31 @@ def top_r(similarity: np.ndarray, r: int, *, overwrite: bool = False) -> np.ndar
     return out
 
 
+def top_r_columns(similarity_t: np.ndarray, r: int) -> np.ndarray:
+    """`top_r(similarity_t.T, r)` for a transposed [k, N] matrix with few rows k (it is used
+    as scratch space): elementwise passes over whole rows instead of an argmax per row, which
+    costs as much for 7 elements as for 32. Same tie rule; a non-finite entry takes top_r's path."""
+    k, n = similarity_t.shape
+    r = min(r, k)
+    if not np.isfinite(similarity_t).all():  # NaN ranks first in argmax and never in a comparison
+        return top_r(np.ascontiguousarray(similarity_t.T), r)
+    out = np.empty((n, r), dtype=np.int64)
+    best = np.empty(n, similarity_t.dtype)
+    better = np.empty(n, bool)
+    cols = np.arange(n)
+    for j in range(r):
+        at = out[:, j]
+        best[:] = similarity_t[0]
+        at[:] = 0
+        for i in range(1, k):
+            np.greater(similarity_t[i], best, out=better)  # strictly: the first maximum stays
+            np.maximum(best, similarity_t[i], out=best)
+            np.copyto(at, i, where=better)
+        if j + 1 < r:
+            similarity_t[at, cols] = -np.inf
+    return out
+
+
 def normalize(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     norm = np.linalg.norm(x, axis=-1, keepdims=True)
@@ -192,13 +217,15 @@ class Profiles:
         # One product per block of rows (a narrow one for the few capabilities alone runs far
         # below the machine's speed), small enough that the argmax passes that use it as scratch
         # space read it from cache: 1.3x faster than one product over the whole batch.
+        # The few capabilities are ranked over the whole batch at once, transposed (top_r_columns).
         k, c, n = len(self.centroids), len(self.capability_vectors), len(emb)
-        caps = np.empty((n, min(self.r_cap, c)), np.int64)
+        cap_sims = np.empty((c, n), np.float32)
         doms = np.empty((n, min(self.r_know, k)), np.int64)
         for lo in range(0, n, ANNOTATE_BLOCK):
             sims = emb[lo : lo + ANNOTATE_BLOCK] @ self._taxonomy_t
-            caps[lo : lo + len(sims)] = top_r(sims[:, k : k + c], self.r_cap, overwrite=True)
+            cap_sims[:, lo : lo + len(sims)] = sims[:, k : k + c].T
             doms[lo : lo + len(sims)] = top_r(sims[:, :k], self.r_know, overwrite=True)
+        caps = top_r_columns(cap_sims, self.r_cap)
         return Annotation(capabilities=caps, domains=doms, tasks=self.task_index(tasks))
 
     def _rank_sums(self, which: str, r: int) -> np.ndarray | None:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from router.profiles import build_profiles, load_profiles, rank_weights, spherical_kmeans, top_r
+from router.profiles import build_profiles, load_profiles, rank_weights, spherical_kmeans, top_r, top_r_columns
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -21,6 +21,18 @@ def test_rank_weights_follow_the_paper():
 def test_top_r_is_sorted_and_breaks_ties_by_index():
     s = np.array([[0.1, 0.9, 0.5, 0.9], [3, 2, 1, 0]], np.float32)
     assert top_r(s, 3).tolist() == [[1, 3, 2], [0, 1, 2]]
+
+
+@pytest.mark.parametrize("k", [1, 2, 7, 32])
+def test_top_r_over_columns_equals_top_r(k):
+    """The transposed ranking `annotate` uses for the few capabilities: same lists, same ties."""
+    rng = np.random.default_rng(k)
+    s = rng.integers(0, 4, (500, k)).astype(np.float32)  # many ties
+    s[7] = np.nan  # NaN ranks first, as in argmax
+    s[9, 0] = np.nan
+    for r in (1, 3, 5):
+        assert np.array_equal(top_r_columns(np.ascontiguousarray(s[8:].T), r), top_r(s[8:], r))
+        assert np.array_equal(top_r_columns(np.ascontiguousarray(s.T), r), top_r(s, r))
 
 
 def _small_problem(seed=0, n=200, d=16, m=4):
