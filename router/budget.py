@@ -593,25 +593,27 @@ class Hulls:
 
 
 def _hulls_of(blocks: Sequence[tuple[int, _Block]], n_rows: int) -> Hulls:
+    # A row in a walk's step s was in every step before it (a row that stops never walks again),
+    # so its entries are its start and then steps 0, 1, ... in order: entry 1 + s of the row.
     counts = np.zeros(n_rows, np.int64)
-    lams, models = [], []
     for lo, block in blocks:
-        size = block.start.size
-        has = np.flatnonzero(block.start >= 0)
-        # Rows fit 16 bits in a block of the usual size: numpy's stable sort is then a radix sort.
-        row_type = np.uint16 if size <= 1 << 16 else np.int64
-        rows = [has.astype(row_type)] + [step[0].astype(row_type) for step in block.steps]
-        rows = np.concatenate(rows)
-        # The start first, then the steps in walk order: a stable sort by row keeps each row's
-        # entries in price order.
-        order = np.argsort(rows, kind="stable")
-        lams.append(np.concatenate([np.zeros(has.size)] + [step[1] for step in block.steps])[order])
-        models.append(np.concatenate([block.start[has]] + [step[3] for step in block.steps]).astype(np.int16)[order])
-        counts[lo : lo + size] = np.bincount(rows, minlength=size)
+        part = counts[lo : lo + block.start.size]
+        part += block.start >= 0
+        for rows, *_ in block.steps:
+            part[rows] += 1
     offsets = np.zeros(n_rows + 1, np.int64)
     np.cumsum(counts, out=offsets[1:])
-    cat = np.concatenate
-    return Hulls(offsets, cat(lams) if lams else np.zeros(0), cat(models) if models else np.zeros(0, np.int16))
+    lam = np.zeros(int(offsets[-1]))
+    model = np.empty(lam.size, np.int16)
+    for lo, block in blocks:
+        first = offsets[lo : lo + block.start.size]
+        has = np.flatnonzero(block.start >= 0)
+        model[first[has]] = block.start[has]  # its lam stays 0
+        for step, (rows, step_lam, _, to) in enumerate(block.steps):
+            at = first[rows] + 1 + step
+            lam[at] = step_lam
+            model[at] = to
+    return Hulls(offsets, lam, model)
 
 
 def summarize_hulls(quality: Any, cost: Any) -> tuple[BudgetSummary, Hulls]:
