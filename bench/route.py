@@ -40,7 +40,9 @@ from router import schema as S  # noqa: E402
 from router.config import load_config  # noqa: E402
 from router.encode import embeddings_to_arrow  # noqa: E402
 from router.pipeline import ROUTE_BATCH, _collect_rows  # noqa: E402
-from router.route import Assigner, PoolArrays, Scorer, cost_from_batch, keys_of, matrix_from_column  # noqa: E402
+from router.route import (  # noqa: E402
+    Assigner, PoolArrays, Scorer, budget_matrices, cost_from_batch, keys_of, matrix_from_column,
+)  # fmt: skip
 
 PROMPT = "Explain how a river delta forms and why some rivers have none."
 
@@ -71,8 +73,9 @@ def one_core(cfg, n: int) -> None:
     emb = matrix_from_column(batch[S.EMBEDDING])
     taxonomy = np.ascontiguousarray(np.concatenate([p.centroids, p.capability_vectors]).T)
     scored = scorer(batch)
-    q, c = matrix_from_column(scored[S.QUALITY]), cost_from_batch(scored)
-    budget = 0.5 * float(np.nansum(np.nanmin(c, 1)) + np.nansum(c[np.arange(n), np.nanargmax(q, 1)]))
+    q, c = budget_matrices(scored)  # as the budget's passes read them
+    cheapest, best = np.nanmin(c, 1), c[np.arange(n), np.nanargmax(q, 1)]
+    budget = 0.5 * float(np.nansum(cheapest, dtype=float) + np.nansum(best, dtype=float))
     summary = B.summarize(q, c)
     bin = B.critical_bin(summary, budget)
     plan = B.solve_lambda(summary, budget, *B.collect_bin(q, c, keys_of(scored), bin))
@@ -91,8 +94,8 @@ def one_core(cfg, n: int) -> None:
     # What the hulls the Scorer keeps save: the same passes walking every row again.
     walked = Assigner(cfg.model_names, plan, False)
     unkept = scored.drop_columns([S.HULL])
-    again = best_of(lambda: B.collect_bin(matrix_from_column(unkept[S.QUALITY]), cost_from_batch(unkept),
-                                          keys_of(unkept), bin)) + best_of(lambda: walked(unkept))  # fmt: skip
+    again = best_of(lambda: B.collect_bin(*budget_matrices(unkept), keys_of(unkept), bin)) + best_of(
+        lambda: walked(unkept))
     print(f"(pass 2 and the Assigner walking every row again instead: {again * 1e3:.1f} ms)")
 
 

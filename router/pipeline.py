@@ -38,8 +38,8 @@ from router.inputs import plan_read, read_units, units_as_items
 from router.output import Prior, clear_tmp, commit_shard, committed_files, open_output, raise_fence, read_prior
 from router.profiles import load_profiles
 from router.route import (
-    Assigner, PoolArrays, RoutePlan, Scorer, cost_from_batch, group_keys, hulls_from_column, keys_at, keys_of,
-    matrix_from_column,
+    Assigner, PoolArrays, RoutePlan, Scorer, budget_matrices, cost_from_batch, group_keys, hulls_from_column, keys_at,
+    keys_of, matrix_from_column,
 )  # fmt: skip
 
 # Rows per batch for the vectorised stages (score, budget, assign): large enough that numpy's
@@ -292,7 +292,7 @@ def scored_dataset(cfg: JobConfig, summary_sink=None, skip_ids: pa.Array | None 
 
 
 def _summary_rows(batch: pa.Table, allow_skip: bool) -> pa.Table:
-    s = B.summarize(matrix_from_column(batch[S.QUALITY]), cost_from_batch(batch), allow_skip=allow_skip)
+    s = B.summarize(*budget_matrices(batch), allow_skip=allow_skip)
     nz = np.flatnonzero(s.counts)
     return pa.table(
         {
@@ -311,9 +311,7 @@ def _collect_rows(batch: pa.Table, bin: int, allow_skip: bool) -> pa.Table:
         hulls, cost = hulls_from_column(batch[S.HULL]), matrix_from_column(batch[S.COST])
         lam, dcost, keys = B.collect_hulls(hulls, cost, keys_at(batch), bin)
     else:
-        lam, dcost, keys = B.collect_bin(
-            matrix_from_column(batch[S.QUALITY]), cost_from_batch(batch), keys_of(batch), bin, allow_skip=allow_skip
-        )
+        lam, dcost, keys = B.collect_bin(*budget_matrices(batch), keys_of(batch), bin, allow_skip=allow_skip)
     return pa.table({"lam": pa.array(lam, pa.float64()), "dcost": pa.array(dcost, pa.float64()),
                      "key": pa.array(keys, pa.string())})  # fmt: skip
 

@@ -129,8 +129,8 @@ class Scorer:
             cost[~routable] = np.nan
         cost32 = cost.astype(np.float32)
         # The budget's first pass rides on this one: the summary (and hulls) of exactly the
-        # numbers the later passes read back, the float32 costs.
-        summary, hulls = B.summarize_hulls(quality, cost32.astype(np.float64))
+        # numbers the later passes read back (`budget_matrices`).
+        summary, hulls = B.summarize_hulls(quality, cost32)
         if self.summary_sink is not None:
             import ray
 
@@ -173,6 +173,13 @@ def cost_from_batch(batch: pa.Table) -> np.ndarray:
     return matrix_from_column(batch[S.COST]).astype(np.float64)
 
 
+def budget_matrices(batch: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Quality and cost [N, M] as stored (float32), as every pass of the plain budget reads them:
+    the hull is walked in float32 (twice numpy's vector width), the same in every pass, so that
+    the passes' breakpoints agree exactly. Costs are still summed in float64."""
+    return matrix_from_column(batch[S.QUALITY]), matrix_from_column(batch[S.COST])
+
+
 RoutePlan = B.BudgetPlan | B.CappedPlan | B.GroupPlan
 """What the driver decided: a price (and tie rule), prices under caps, or one model per group."""
 
@@ -193,24 +200,24 @@ class Assigner:
             self.skipped = "the budget cannot pay for this row"
 
     def choices(self, batch: pa.Table, quality: np.ndarray, cost: np.ndarray) -> np.ndarray:
-        """Each row's model (-1: none); `cost` as stored (float32), walked in float64 as every
-        pass of the budget reads it."""
+        """Each row's model (-1: none). `cost` is the stored float32 matrix: a budget plan's hull is
+        walked in float32, as every pass of the plain budget walks it (`budget_matrices`); caps and
+        groups read it in float64, as their passes do (`cost_from_batch`)."""
         plan = self.plan
-        if isinstance(plan, B.BudgetPlan) and not self.allow_skip and S.HULL in batch.column_names:
-            return B.assign_hulls(hulls_from_column(batch[S.HULL]), plan, keys_at(batch))
+        if isinstance(plan, B.BudgetPlan):
+            if not self.allow_skip and S.HULL in batch.column_names:
+                return B.assign_hulls(hulls_from_column(batch[S.HULL]), plan, keys_at(batch))
+            # Row keys break ties at the critical price only: no plan with a tie key, no keys needed.
+            keys = keys_of(batch) if plan.tie_key is not None else np.broadcast_to(np.str_(""), len(quality))
+            return B.assign(quality, cost, plan, keys, allow_skip=self.allow_skip)
         cost = cost.astype(np.float64)
         if isinstance(plan, B.GroupPlan):
             assert self.group_column is not None
             return plan.assign(quality, cost, group_keys(batch, self.group_column))
-        if isinstance(plan, B.CappedPlan):
-            return B.assign_capped(quality, cost, plan, keys_of(batch))
-        # Row keys break ties at the critical price only: no plan with a tie key, no keys needed.
-        keys = keys_of(batch) if plan.tie_key is not None else np.broadcast_to(np.str_(""), len(quality))
-        return B.assign(quality, cost, plan, keys, allow_skip=self.allow_skip)
+        return B.assign_capped(quality, cost, plan, keys_of(batch))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        quality = matrix_from_column(batch[S.QUALITY])
-        cost = matrix_from_column(batch[S.COST])
+        quality, cost = budget_matrices(batch)
         choice = self.choices(batch, quality, cost)
         chosen = choice >= 0
         safe = np.where(chosen, choice, 0)

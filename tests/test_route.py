@@ -11,7 +11,7 @@ from router import schema as S
 from router.config import load_config
 from router.encode import embeddings_to_arrow
 from router.pipeline import _collect_rows
-from router.route import Assigner, PoolArrays, Scorer, cost_from_batch, keys_of, matrix_from_column
+from router.route import Assigner, PoolArrays, Scorer, budget_matrices, keys_of
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -33,7 +33,7 @@ def scored():
 
 
 def _walked_plan(t: pa.Table, budget: float) -> B.BudgetPlan:
-    q, c = matrix_from_column(t[S.QUALITY]), cost_from_batch(t)
+    q, c = budget_matrices(t)  # as every pass of the budget reads them
     summary = B.summarize(q, c)
     return B.solve_lambda(summary, budget, *B.collect_bin(q, c, keys_of(t), B.critical_bin(summary, budget)))
 
@@ -41,7 +41,7 @@ def _walked_plan(t: pa.Table, budget: float) -> B.BudgetPlan:
 @pytest.mark.parametrize("fraction", [0.05, 0.5, 0.95])
 def test_kept_hulls_route_slices_as_walking_does(scored, fraction):
     cfg, t = scored
-    q, c = matrix_from_column(t[S.QUALITY]), cost_from_batch(t)
+    q, c = budget_matrices(t)
     ok = ~np.isnan(c).all(axis=1)
     low = np.nanmin(c[ok], 1).sum()
     high = c[ok][np.arange(ok.sum()), np.nanargmax(q[ok], 1)].sum()
