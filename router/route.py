@@ -115,9 +115,9 @@ class Scorer:
         cost = cost_matrix(in_tokens, out_tokens, pool.input_price, pool.output_price, pool.max_context)
         status = batch[S.STATUS]
         ok = pc.equal(status, S.OK).to_numpy(zero_copy_only=False)
-        # A cell is NaN only where the prompt outruns that model's context.
-        too_long_somewhere = in_tokens.size and in_tokens.max() >= pool.max_context.min()
-        no_fit = ok & np.isnan(cost).all(axis=1) if too_long_somewhere else np.zeros(len(ok), bool)
+        # A cell is NaN only where the prompt outruns that model's context (`cost_matrix`): a row
+        # no model can take outruns the largest one.
+        no_fit = ok & (in_tokens >= pool.max_context.max())
         if no_fit.any():
             status = pc.if_else(pa.array(no_fit), S.TOO_LONG, status)
             msg = f"prompt longer than every model's context (largest {int(pool.max_context.max())} tokens)"
