@@ -38,8 +38,8 @@ from route import synthetic  # noqa: E402  (bench/route.py: the encoder stage's 
 
 from router import budget as B  # noqa: E402
 from router.config import load_config  # noqa: E402
-from router.pipeline import solve_capped_plan, solve_group_plan, solve_plan, summary_sink, tally  # noqa: E402
-from router.route import Assigner, PoolArrays, Scorer  # noqa: E402
+from router.job.pipeline import solve_capped_plan, solve_group_plan, solve_plan, summary_sink, tally  # noqa: E402
+from router.stages.route import Assigner, PoolArrays, Scorer  # noqa: E402
 
 
 def with_topic(first: int, n: int, groups: int) -> pa.Table:

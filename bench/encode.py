@@ -35,7 +35,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from router.encode import EmbeddingModel, Tokenizer, resolve_encoder  # noqa: E402
+from router.backends.encoder import EmbeddingModel, Tokenizer, resolve_encoder# noqa: E402
 
 WORDS = ("what how why explain write solve the a of to in is for function number river history "
          "translate code list capital prove sum energy market law poem").split()  # fmt: skip

@@ -38,7 +38,7 @@ rows = [{"id": str(i), "pool_model": "m", "prompt": f"What is 2 + {i}? Answer wi
 t = time.time()
 ds = ray.data.from_items(rows)
 if spec["side"] == "stage":
-    from router.generate import VLLMGenerator
+    from router.backends.generators import VLLMGenerator
 
     class Timed(VLLMGenerator):
         def __call__(self, batch):
@@ -99,7 +99,7 @@ def main() -> None:
     ap.add_argument("--side", choices=("both", "stage", "processor"), default="both")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    from router.standin import build_standin, default_standin_dir
+    from router.backends.standin import build_standin, default_standin_dir
 
     model = str(build_standin(default_standin_dir()))
     sides = ("stage", "processor") if args.side == "both" else (args.side,)

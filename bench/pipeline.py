@@ -41,7 +41,7 @@ spec = json.loads(sys.argv[1])
 prompts = [json.loads(l)["prompt"] for l in open(spec["input"])]
 t0 = time.perf_counter()
 engine = {}
-if spec["in_process"]:  # the pipeline's setting for CPU engines (router.generate._engine_in_this_process)
+if spec["in_process"]:  # the pipeline's setting for CPU engines (router.backends.generators._engine_in_this_process)
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     engine["distributed_executor_backend"] = "uni"
 import vllm
@@ -70,7 +70,7 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="key=value settings for the pipeline's config")
     args = ap.parse_args()
     from router.config import load_config
-    from router.pipeline import standin_weights
+    from router.job.pipeline import standin_weights
 
     os.chdir(ROOT)
     cfg = load_config(args.config, ["input=x", "output=y", *args.overrides])

@@ -23,10 +23,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from router.budget import solve_budget  # noqa: E402
-from router.encode import encode_cached  # noqa: E402
-from router.evaldata import read_eval_table  # noqa: E402
-from router.evaluate import load_prices, table_costs  # noqa: E402
-from router.profiling import ProfileSettings, fit_profiles  # noqa: E402
+from router.backends.encoder import encode_cached# noqa: E402
+from router.method.evaldata import read_eval_table  # noqa: E402
+from router.method.evaluate import load_prices, table_costs  # noqa: E402
+from router.method.fitting import ProfileSettings, fit_profiles  # noqa: E402
 
 
 def main() -> None:

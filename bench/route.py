@@ -38,9 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from router import budget as B  # noqa: E402
 from router import schema as S  # noqa: E402
 from router.config import load_config  # noqa: E402
-from router.encode import embeddings_to_arrow  # noqa: E402
-from router.pipeline import ROUTE_BATCH, _collect_rows  # noqa: E402
-from router.route import (  # noqa: E402
+from router.backends.encoder import embeddings_to_arrow# noqa: E402
+from router.job.pipeline import ROUTE_BATCH, _collect_rows  # noqa: E402
+from router.stages.route import (  # noqa: E402
     Assigner, PoolArrays, Scorer, budget_matrices, cost_from_batch, keys_of, matrix_from_column,
 )  # fmt: skip
 
@@ -109,7 +109,7 @@ def through_ray(cfg, rows: int, batch_rows: int) -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     import ray.data
 
-    from router.pipeline import solve_plan, summary_sink
+    from router.job.pipeline import solve_plan, summary_sink
 
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     ctx = ray.data.DataContext.get_current()

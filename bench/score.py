@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from router.profiles import load_profiles  # noqa: E402
+from router.method.profiles import load_profiles  # noqa: E402
 
 
 def best_of(fn, repeat: int) -> float:

@@ -27,10 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from router import budget as B  # noqa: E402
 from router import schema as S  # noqa: E402
 from router.config import load_config  # noqa: E402
-from router.encode import Encoder, embeddings_to_arrow  # noqa: E402
-from router.inputs import ReadUnits, plan_read, units_as_items  # noqa: E402
-from router.pipeline import ROUTE_BATCH  # noqa: E402
-from router.route import Assigner, PoolArrays, Scorer, matrix_from_column  # noqa: E402
+from router.backends.encoder import embeddings_to_arrow
+from router.stages.encode import Encoder# noqa: E402
+from router.stages.read import ReadUnits, plan_read, units_as_items  # noqa: E402
+from router.job.pipeline import ROUTE_BATCH  # noqa: E402
+from router.stages.route import Assigner, PoolArrays, Scorer, matrix_from_column  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from encode import prompts  # noqa: E402  (bench/encode.py: the same synthetic prompts)
@@ -88,8 +89,8 @@ def main() -> None:
     results.append(("assign (Assigner)", assigned.num_rows, sec))
 
     if not args.no_generate:
-        from router.generate import VLLMGenerator
-        from router.standin import build_standin, default_standin_dir
+        from router.backends.generators import VLLMGenerator
+        from router.backends.standin import build_standin, default_standin_dir
 
         weights = str(build_standin(default_standin_dir()))
         settings = {m.name: dict(max_tokens=m.max_tokens, temperature=0.0, input_price=m.input_price,

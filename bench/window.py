@@ -32,10 +32,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from router.encode import MINILM, Tokenizer  # noqa: E402
-from router.evaldata import task_from_file  # noqa: E402
-from router.evaluate import evaluate  # noqa: E402
-from router.profiling import ProfileSettings  # noqa: E402
+from router.backends.encoder import MINILM, Tokenizer# noqa: E402
+from router.method.evaldata import task_from_file  # noqa: E402
+from router.method.evaluate import evaluate  # noqa: E402
+from router.method.fitting import ProfileSettings  # noqa: E402
 
 TASKS = ("mmlu", "cmmlu", "arc_easy", "arc_challenge", "humaneval")
 OOD = ("MATH_prealgebra", "ceval", "mbpp", "javascript")

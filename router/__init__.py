@@ -5,7 +5,7 @@ vLLM load only inside the stage or command that needs them.
 """
 
 from router.budget import BudgetSolution, InfeasibleBudget, solve_budget
-from router.profiles import Profiles, load_profiles
+from router.method.profiles import Profiles, load_profiles
 
 __all__ = ["BudgetSolution", "InfeasibleBudget", "Profiles", "load_profiles", "solve_budget"]
 __version__ = "0.1.0"

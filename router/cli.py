@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_fit_args(p: argparse.ArgumentParser) -> None:
-    from router.profiling import ProfileSettings
+    from router.method.fitting import ProfileSettings
 
     d = ProfileSettings()
     p.add_argument("--format", choices=["long", "scores-json", "routerbench"],
@@ -165,7 +165,7 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
 
 
 def _settings(args):
-    from router.profiling import ProfileSettings
+    from router.method.fitting import ProfileSettings
 
     return ProfileSettings(n_clusters=args.clusters, alpha=args.alpha, beta=args.beta, r_know=args.top,
                            r_cap=args.top, window=args.window, use_tasks=not args.no_tasks, seed=args.seed,
@@ -189,7 +189,7 @@ def _annotator(args):
     if args.annotator == "embedding":
         yield None
         return
-    from router.annotate import llm_annotator
+    from router.method.annotate import llm_annotator
 
     annotator = llm_annotator(args.annotator_weights, encoder=args.encoder, r_cap=args.top, r_know=args.top,
                               max_tokens=args.annotator_max_tokens, max_model_len=args.annotator_max_model_len,
@@ -223,7 +223,7 @@ def _fail(msg: str) -> int:
 
 def _plan(args) -> int:
     from router.config import load_config
-    from router.pipeline import plan_job
+    from router.job.pipeline import plan_job
     from router.report import format_summary, report_dict
 
     cfg = load_config(args.config, args.overrides)
@@ -244,7 +244,7 @@ def _plan(args) -> int:
 
 def _run(args) -> int:
     from router.config import load_config
-    from router.pipeline import run_job
+    from router.job.pipeline import run_job
     from router.report import format_summary
 
     cfg = load_config(args.config, args.overrides)
@@ -263,13 +263,13 @@ def _report(args) -> int:
 
 
 def _profile(args) -> int:
-    from router.profiling import profile_from_tables
+    from router.method.fitting import profile_from_tables
 
     if args.action == "add-model":
         return _add_model(args)
     if args.action == "remove-model":
-        from router.profiles import load_profiles
-        from router.profiling import remove_model
+        from router.method.profiles import load_profiles
+        from router.method.fitting import remove_model
 
         remove_model(load_profiles(args.profiles), args.model).save(args.out)
         print(f"removed {args.model}; profiles written to {args.out}")
@@ -292,14 +292,14 @@ def _profile(args) -> int:
 
 
 def _add_model(args) -> int:
-    from router.encode import encode_cached
-    from router.profiles import load_profiles
-    from router.profiling import add_model
+    from router.backends.encoder import encode_cached
+    from router.method.profiles import load_profiles
+    from router.method.fitting import add_model
 
     profiles = load_profiles(args.profiles)
     window = profiles.meta.get("window", "head")
     if args.eval_table:
-        from router.evaldata import read_eval_table
+        from router.method.evaldata import read_eval_table
 
         if missing := _first_missing(args.eval_table):
             return _fail(f"evaluation table {missing!r} not found")
@@ -307,7 +307,7 @@ def _add_model(args) -> int:
                                 score_reading=args.scores)  # fmt: skip
         model = args.model
     elif args.queries and args.weights:
-        from router.indexset import answer_and_grade
+        from router.method.indexset import answer_and_grade
 
         if _first_missing([args.queries]):
             return _fail(f"queries file {args.queries!r} not found")
@@ -332,7 +332,7 @@ def _add_model(args) -> int:
 
 
 def _eval(args) -> int:
-    from router.evaluate import evaluate, format_eval, plot_eval
+    from router.method.evaluate import evaluate, format_eval, plot_eval
 
     if missing := _first_missing([*args.train, *args.test, *([args.prices] if args.prices else [])]):
         return _fail(f"file {missing!r} not found")

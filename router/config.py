@@ -235,7 +235,7 @@ class GenerationSpec:
     """Longest wait for a stage's actors (an engine: its GPUs, node start and model load) before
     the job fails with a message saying so, instead of waiting forever."""
     schedule: str = "auto"
-    """How vLLM engines share the GPUs (router.schedule): `in_turn` (one model's engines after
+    """How vLLM engines share the GPUs (router.job.schedule): `in_turn` (one model's engines after
     another, each on all the GPUs), `shared` (every model at once, GPUs split by predicted token
     load) or `auto` (the one with the shorter predicted time). On GPUs the schedule sets each
     model's replicas; CPU engines and endpoints run in turn with `models.NAME.replicas`."""

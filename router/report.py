@@ -121,7 +121,7 @@ def report_dict(cfg: JobConfig, result) -> dict[str, Any]:
 
 
 def write_report(cfg: JobConfig, result) -> str:
-    from router.inputs import filesystem
+    from router.stages.read import filesystem
 
     fs, path = filesystem(cfg.output)
     target = f"{path.rstrip('/')}/_report.json"
@@ -168,12 +168,12 @@ def format_summary(cfg: JobConfig, result) -> str:
         lines.append(f"{p['phase']:42} {p['rows']:>7} {p['seconds']:>9.1f} {p['rows_per_s']:>9.1f}")
     lines.append(f"{'total wall time':42} {'':>7} {sum(p['seconds'] for p in d['phases']):>9.1f}")
     if getattr(result, "schedule", None) is not None:
-        from router.schedule import format_schedule
+        from router.job.schedule import format_schedule
 
         lines.extend(format_schedule(result.schedule))
     else:
         lines.append("schedule: no vLLM engine on GPUs: engine pools run in turn, models.NAME.replicas each")
-    from router.schedule import short_label
+    from router.job.schedule import short_label
 
     for g in d["generation"]:
         rate, early = g["tokens_per_s_per_replica"], g.get("engine_start_s")
@@ -212,7 +212,7 @@ def report_folder(output: str) -> str:
 
 
 def _read_run_report(output: str) -> dict[str, Any]:
-    from router.inputs import filesystem
+    from router.stages.read import filesystem
 
     fs, path = filesystem(output)
     target = f"{path.rstrip('/')}/_report.json"
@@ -232,9 +232,9 @@ def scan_output(output: str) -> dict[str, Any]:
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
-    from router.inputs import filesystem
-    from router.output import committed_files
-    from router.pipeline import TALLY_SUMS, tally_batch, tally_parts
+    from router.stages.read import filesystem
+    from router.job.output import committed_files
+    from router.job.pipeline import TALLY_SUMS, tally_batch, tally_parts
 
     fs, _ = filesystem(output)
     files = committed_files(output)  # the one rule for what the answers are (resume uses it too)
@@ -289,7 +289,7 @@ def write_report_folder(output: str, folder: str | None = None, scan: dict[str, 
     """Write report.json and the pictures for a finished output; returns the folder and file names.
     Without matplotlib only report.json is written (it says how to get the pictures). `scan`: see
     `folder_report`."""
-    from router.inputs import filesystem
+    from router.stages.read import filesystem
 
     d = folder_report(output, scan)
     folder = folder or report_folder(output)

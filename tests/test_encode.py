@@ -10,15 +10,8 @@ import pyarrow as pa
 import pytest
 
 from router import schema as S
-from router.encode import (
-    INPUT_IDS,
-    EmbeddingModel,
-    Encoder,
-    Tokenize,
-    length_batches,
-    padded,
-    resolve_encoder,
-)
+from router.backends.encoder import INPUT_IDS, EmbeddingModel, length_batches, padded, resolve_encoder
+from router.stages.encode import Encoder, Tokenize
 
 pytestmark = pytest.mark.timeout(600)
 

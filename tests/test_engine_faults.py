@@ -63,7 +63,7 @@ def engine_actors(root: int) -> list[psutil.Process]:
     for p in psutil.Process(root).children(recursive=True):
         try:
             title = " ".join(p.cmdline())
-            if "VLLMGenerator" in title or "EngineHost" in title:
+            if "VLLMGenerator" in title or "EngineActor" in title:
                 found.append(p)
         except psutil.Error:
             continue

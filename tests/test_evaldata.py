@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from router.evaldata import detect_format, prompt_text, read_eval_table
+from router.method.evaldata import detect_format, prompt_text, read_eval_table
 
 pytestmark = pytest.mark.timeout(60)
 

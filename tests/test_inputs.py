@@ -8,7 +8,7 @@ import pytest
 
 from router import schema as S
 from router.config import ConfigError
-from router.inputs import ReadUnits, plan_read, units_as_items
+from router.stages.read import ReadUnits, plan_read, units_as_items
 
 pytestmark = pytest.mark.timeout(60)
 

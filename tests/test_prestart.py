@@ -1,10 +1,10 @@
-"""Which engines start while the prompts are encoded (`router.pipeline.prestart_plan`): the one
+"""Which engines start while the prompts are encoded (`router.job.pipeline.prestart_plan`): the one
 local engine pool of a job, on as many replicas as it would get, never GPUs the encoders need."""
 
 import pytest
 
 from router.config import load_config
-from router.pipeline import engine_groups, prestart_plan, standin_weights
+from router.job.pipeline import engine_groups, prestart_plan, standin_weights
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from router.profiles import build_profiles, load_profiles, rank_weights, spherical_kmeans, top_r, top_r_columns
+from router.method.profiles import build_profiles, load_profiles, rank_weights, spherical_kmeans, top_r, top_r_columns
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -109,8 +109,8 @@ def test_packaged_open9_profiles():
 
 
 def test_remove_then_add_a_model_gives_back_its_profile_and_leaves_the_others():
-    from router.evaldata import EvalTable
-    from router.profiling import add_model, remove_model
+    from router.method.evaldata import EvalTable
+    from router.method.fitting import add_model, remove_model
 
     emb, scores, costs, caps, doms = _small_problem(seed=3)
     p = build_profiles(emb, scores, list("abcd"), capability_vectors=caps, capability_names=list("ABCDE"),
@@ -134,8 +134,8 @@ def test_add_model_by_answering_and_grading_an_index_set(shared_data, tmp_path):
     project's own generation stage on an index set with gold answers, graded, and profiled; the
     profiles of the models already there are untouched."""
     from conftest import run_cli
-    from router.profiles import load_profiles
-    from router.standin import build_standin
+    from router.method.profiles import load_profiles
+    from router.backends.standin import build_standin
 
     standin = build_standin(tmp_path / "standin")
     out = tmp_path / "with-newbie.npz"
@@ -159,7 +159,7 @@ def test_add_model_by_answering_and_grading_an_index_set(shared_data, tmp_path):
 def test_scores_gathered_from_the_table_of_rank_sums_equal_the_contraction(monkeypatch):
     """score_annotated gathers each row's rank-weighted sum from a table of every top-r list when
     the table is small; the r gathers contracted with the weights must give the same scores."""
-    import router.profiles as P
+    import router.method.profiles as P
 
     p = load_profiles("open9")
     emb = unit(np.random.default_rng(0).normal(size=(2000, p.dim)))

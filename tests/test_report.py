@@ -17,7 +17,7 @@ from conftest import run_cli
 from router import budget as B
 from router import schema as S
 from router.config import load_config
-from router.pipeline import Phase, RunResult, finalize
+from router.job.pipeline import Phase, RunResult, finalize
 from router.report import format_summary, predicted_frontier, report_folder, write_report
 
 CONFIG = "jobs/configs/local.yaml"

@@ -9,9 +9,9 @@ import pytest
 from router import budget as B
 from router import schema as S
 from router.config import load_config
-from router.encode import embeddings_to_arrow
-from router.pipeline import _collect_rows
-from router.route import Assigner, PoolArrays, Scorer, budget_matrices, keys_of
+from router.backends.encoder import embeddings_to_arrow
+from router.job.pipeline import _collect_rows
+from router.stages.route import Assigner, PoolArrays, Scorer, budget_matrices, keys_of
 
 pytestmark = pytest.mark.timeout(120)
 

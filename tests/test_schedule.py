@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.schedule import PoolLoad, ScheduleError, in_turn, plan_schedule, shared
+from router.job.schedule import PoolLoad, ScheduleError, in_turn, plan_schedule, shared
 
 pytestmark = pytest.mark.timeout(120)
 

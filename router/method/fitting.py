@@ -9,10 +9,10 @@ from typing import Sequence
 
 import numpy as np
 
-from router.encode import MINILM, encode_cached, encoder_name
-from router.evaldata import EvalTable, read_eval_table
-from router.profiles import Profiles, build_profiles
-from router.taxonomy import CAPABILITIES, DOMAINS
+from router.backends.encoder import MINILM, encode_cached, encoder_name
+from router.method.evaldata import EvalTable, read_eval_table
+from router.method.profiles import Profiles, build_profiles
+from router.method.taxonomy import CAPABILITIES, DOMAINS
 
 
 @dataclass(frozen=True)
@@ -34,21 +34,21 @@ class ProfileSettings:
     r_know: int = 3
     r_cap: int = 3
     window: str = "tail"
-    """What of a long prompt is embedded (see router.encode.window_texts)."""
+    """What of a long prompt is embedded (see router.backends.encoder.window_texts)."""
     use_tasks: bool = True
     """Use the table's task column, when it has one, as a knowledge element of its own."""
     seed: int = 0
     annotator: str = "embedding"
     """Who annotates the index set: `embedding` (clusters and prototypes), `llm` (an auxiliary
     model, the paper's way) or `distilled` (the llm labels a sample, linear heads the rest); see
-    router.annotate. Profiles of the latter two route with their heads."""
+    router.method.annotate. Profiles of the latter two route with their heads."""
     distill_sample: int | None = None
     """With `distilled`: how many index queries the llm labels (seeded random; None: all)."""
     ridge: float = 1.0
     """Ridge penalty of the heads fitted on llm labels."""
 
     def __post_init__(self) -> None:
-        from router.annotate import ANNOTATORS
+        from router.method.annotate import ANNOTATORS
 
         if self.annotator not in ANNOTATORS:
             raise ValueError(f"annotator must be one of {', '.join(ANNOTATORS)}, got {self.annotator!r}")
@@ -85,7 +85,7 @@ def fit_profiles(
     annotator=None,
 ) -> Profiles:
     """Profiles from a table and its queries' embeddings (`scores` overrides the table's).
-    `annotator` is the `router.annotate.LLMAnnotator` an `llm` or `distilled` setting needs."""
+    `annotator` is the `router.method.annotate.LLMAnnotator` an `llm` or `distilled` setting needs."""
     cols = list(range(len(table.models)))
     if models:
         missing = [m for m in models if m not in table.models]
@@ -117,14 +117,14 @@ def fit_profiles(
     }
     by_llm: dict = {}
     if s.annotator != "embedding":
-        from router.annotate import annotate_index_set
+        from router.method.annotate import annotate_index_set
 
         ia = annotate_index_set(table.queries, embeddings, annotator, kind=s.annotator, alpha=s.alpha,
                                 ridge=s.ridge, sample=s.distill_sample, seed=s.seed)  # fmt: skip
         by_llm = {"knowledge": ia.knowledge, "domain_names": ia.domain_names, "annotation": ia.annotation,
                   "heads": ia.heads}  # fmt: skip
         meta["annotation"] = ia.meta
-        meta["choices"]["capabilities"] = f"ranked by the {s.annotator} annotator (router.annotate)"
+        meta["choices"]["capabilities"] = f"ranked by the {s.annotator} annotator (router.method.annotate)"
         meta["choices"]["n_clusters"] = "unused: the knowledge elements are named domains and `other`"
     return build_profiles(
         embeddings,
@@ -172,7 +172,7 @@ def add_model(
     (the same clusters, capabilities and tasks): the other models' vectors are not touched."""
     from dataclasses import replace
 
-    from router.profiles import element_means, knowledge_weights, rank_weights
+    from router.method.profiles import element_means, knowledge_weights, rank_weights
 
     name = name or model
     if name in profiles.models:

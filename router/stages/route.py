@@ -17,8 +17,8 @@ from router import budget as B
 from router import schema as S
 from router.config import JobConfig
 from router.cost import cost_matrix, estimate_input_tokens
-from router.encode import embeddings_from_arrow
-from router.profiles import Profiles, load_profiles
+from router.backends.encoder import embeddings_from_arrow
+from router.method.profiles import Profiles, load_profiles
 
 
 @dataclass(frozen=True)

@@ -34,10 +34,10 @@ import pyarrow.compute as pc
 from router import budget as B
 from router import schema as S
 from router.config import ConfigError, JobConfig, JobFailed, ModelSpec
-from router.inputs import plan_read, read_units, units_as_items
-from router.output import Prior, clear_tmp, commit_shard, committed_files, open_output, raise_fence, read_prior
-from router.profiles import load_profiles
-from router.route import (
+from router.stages.read import plan_read, read_units, units_as_items
+from router.job.output import Prior, clear_tmp, commit_shard, committed_files, open_output, raise_fence, read_prior
+from router.method.profiles import load_profiles
+from router.stages.route import (
     Assigner, PoolArrays, RoutePlan, Scorer, budget_matrices, cost_from_batch, group_keys, hulls_from_column, keys_at,
     keys_of, matrix_from_column,
 )  # fmt: skip
@@ -111,7 +111,7 @@ class RunResult:
     resumed: Prior | None = None
     """What earlier runs of the job had committed when this one started (None: a fresh start)."""
     schedule: Any = None
-    """How the engines share the GPUs (router.schedule.Schedule); None: no vLLM engine on GPUs."""
+    """How the engines share the GPUs (router.job.schedule.Schedule); None: no vLLM engine on GPUs."""
     generation: list[dict[str, Any]] = field(default_factory=list)
     """Per engine pool as run: replicas, GPUs, start and seconds, rows, tokens, spend, errors."""
 
@@ -121,7 +121,7 @@ def engine_failure(error: Exception, names: list[str], weights: str, timeout: fl
     Ray wraps the engine's own error in its actor-death errors, so it is found in the text."""
     import re
 
-    from router.generate import EngineStartError
+    from router.backends.generators import EngineStartError
 
     text = str(error)
     found = re.search(rf"the \w+ engine for .*? {EngineStartError.MARK}: [^\n]*", text)
@@ -198,7 +198,7 @@ def check_profiles(cfg: JobConfig):
             f"unknown model {unknown[0]!r}: the profiles ({cfg.profiles}) know {', '.join(profiles.models)}; "
             "profile it with `router profile` or remove it from the pool"
         )
-    from router.encode import encoder_name
+    from router.backends.encoder import encoder_name
 
     if encoder_name(cfg.encoder.model) != profiles.encoder:
         raise ConfigError(
@@ -247,7 +247,7 @@ def scored_dataset(cfg: JobConfig, summary_sink=None, skip_ids: pa.Array | None 
     With a `summary_sink`, the Scorer sends it the budget summary of every batch; rows whose id is
     in `skip_ids` (written by an earlier run of the job) are left out as they are read."""
     import ray
-    from router.encode import Encoder, Tokenize
+    from router.stages.encode import Encoder, Tokenize
 
     units, _ = plan_read(cfg.input, cfg.text_column, cfg.id_column)
     # Embed what the profiles were built from: the same part of a long prompt.
@@ -610,7 +610,7 @@ def standin_weights(cfg: JobConfig, build: bool = True) -> tuple[Callable[[Model
         return (lambda m: m.weights), None
     import json
 
-    from router.standin import build_standin, default_standin_dir
+    from router.backends.standin import build_standin, default_standin_dir
 
     if not build:
         path = default_standin_dir()
@@ -643,7 +643,7 @@ def pool_loads(cfg: JobConfig, groups: dict[Engine, list[ModelSpec]], by_model: 
     """Each engine pool's predicted token load, from the routed rows' tally: prompt tokens from their
     UTF-8 length (as the `expected` budget mode counts them) plus each model's planned answer."""
     from router.cost import CHARS_PER_TOKEN, TEMPLATE_TOKENS
-    from router.schedule import PoolLoad
+    from router.job.schedule import PoolLoad
 
     tallied = {r[S.MODEL]: r for r in by_model if r[S.MODEL] is not None}
     loads = {}
@@ -668,7 +668,7 @@ def schedule_pools(cfg: JobConfig, by_model: list[dict[str, Any]], build: bool =
     """The engine pools with rows to answer, in the order and replica counts they run with, and the
     GPU schedule (None when no vLLM engine runs on GPUs, or the GPUs to plan for are unknown).
     `build=False` (planning only): the stand-in is not built."""
-    from router.schedule import ScheduleError, plan_schedule
+    from router.job.schedule import ScheduleError, plan_schedule
 
     weights_of, _ = standin_weights(cfg, build)
     groups = engine_groups(cfg, weights_of)
@@ -695,7 +695,7 @@ def schedule_pools(cfg: JobConfig, by_model: list[dict[str, Any]], build: bool =
 
 @dataclass
 class Started:
-    """Engine actors (`EngineHost`) started before routing, for the one engine pool they serve."""
+    """Engine actors (`EngineActor`) started before routing, for the one engine pool they serve."""
 
     engine: Engine
     actors: list[Any]
@@ -780,7 +780,7 @@ def start_engines(cfg: JobConfig) -> Started | None:
         return None
     import ray
 
-    from router.generate import EngineHost
+    from router.stages.generate import EngineActor
 
     engine, members, n, on_gpu = plan
     kwargs, resources = engine_settings(cfg, engine, members, on_gpu, standin_weights(cfg)[1])
@@ -788,7 +788,7 @@ def start_engines(cfg: JobConfig) -> Started | None:
         # A quarter CPU while the encoders run beside it (the CPU stages' actors take the rest of a
         # 2-CPU node); its rows come after encoding, when those actors are gone.
         resources["num_cpus"] = 0.25
-    actor = ray.remote(EngineHost).options(**resources, **engine_restarts(cfg))
+    actor = ray.remote(EngineActor).options(**resources, **engine_restarts(cfg))
     started = Started(engine, [actor.remote(engine.backend, kwargs) for _ in range(n)], time.time())
     log(f"generate: starting {n} engine(s) of {engine.weights} ({engine.backend}) while the prompts are encoded")
     return started
@@ -812,7 +812,7 @@ def generate_and_write(cfg: JobConfig, assigned, result: RunResult, started: Sta
         return started if started is not None and p.engine == started.engine else None
 
     if schedule is not None:
-        from router.schedule import format_schedule
+        from router.job.schedule import format_schedule
 
         for line in format_schedule(schedule):
             log(line)
@@ -885,7 +885,8 @@ def _answer_pool(cfg: JobConfig, pool: EnginePool, assigned, result: RunResult, 
     """Run one engine pool over its rows and commit them; returns what it did (rows, spend, tokens,
     errors, start and seconds, replicas, measured tokens per second per replica). `hosts`: its
     engines, started earlier (`start_engines`); else the pass starts them."""
-    from router.generate import BACKENDS, HostedEngine
+    from router.backends.generators import BACKENDS
+    from router.stages.generate import EngineFeeder
 
     engine, members, names = pool.engine, pool.members, pool.names
     weights, tp = engine.weights, engine.tensor_parallel
@@ -910,7 +911,7 @@ def _answer_pool(cfg: JobConfig, pool: EnginePool, assigned, result: RunResult, 
     else:
         # Two feeders per started engine: one batch in the engine, the next waiting at it.
         out = blocks.map_batches(
-            HostedEngine, fn_constructor_kwargs=dict(hosts=hosts.actors), compute=ray_actor_pool(2 * len(hosts.actors)),
+            EngineFeeder, fn_constructor_kwargs=dict(hosts=hosts.actors), compute=ray_actor_pool(2 * len(hosts.actors)),
             batch_size=cfg.generation.batch_size, batch_format="pyarrow", num_cpus=0,
         )  # fmt: skip
     fence = f"fence-{uuid.uuid4().hex}"
@@ -1025,7 +1026,7 @@ def written_rows_and_tokens(output: str, models: list[str], resumed: Prior | Non
     runs' left out)."""
     import pyarrow.dataset as pads
 
-    from router.inputs import filesystem
+    from router.stages.read import filesystem
 
     files = committed_files(output)
     if not files:
@@ -1042,7 +1043,7 @@ def written_rows_and_tokens(output: str, models: list[str], resumed: Prior | Non
 def write_shards(cfg: JobConfig, rows, fence: str | None = None) -> dict[str, Any]:
     """Finalise the rows and commit them to the output in whole shards of about
     `generation.shard_rows` rows, as they come; returns their rows, actual spend, generation
-    errors and tokens. `fence`: see `router.output.raise_fence`."""
+    errors and tokens. `fence`: see `router.job.output.raise_fence`."""
     out = rows.map_batches(finalize, fn_kwargs=dict(text_column=cfg.text_column), batch_format="pyarrow",
                            num_cpus=0.25)  # fmt: skip
     done = out.map_batches(commit_shard, fn_kwargs=dict(output=cfg.output, fence=fence),

@@ -32,7 +32,7 @@ SHARD_PREFIX = "part-"
 
 
 def _fs(output: str):
-    from router.inputs import filesystem
+    from router.stages.read import filesystem
 
     fs, path = filesystem(output)
     return fs, path.rstrip("/")

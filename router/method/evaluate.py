@@ -17,9 +17,9 @@ import numpy as np
 
 from router.budget import solve_budget
 from router.cost import CHARS_PER_TOKEN, TEMPLATE_TOKENS
-from router.encode import MINILM, encode_cached
-from router.evaldata import EvalTable, read_eval_table
-from router.profiling import ProfileSettings, fit_profiles
+from router.backends.encoder import MINILM, encode_cached
+from router.method.evaldata import EvalTable, read_eval_table
+from router.method.fitting import ProfileSettings, fit_profiles
 
 KNN_K = 10
 
@@ -141,7 +141,7 @@ def evaluate(
     settings: ProfileSettings = ProfileSettings(),
     annotator=None,
 ) -> dict[str, Any]:
-    """`annotator`: the `router.annotate.LLMAnnotator` of an `llm` or `distilled` setting; with
+    """`annotator`: the `router.method.annotate.LLMAnnotator` of an `llm` or `distilled` setting; with
     `llm` it also annotates the test queries (a generation each), with `distilled` the heads do."""
     train = read_eval_table(train_paths, fmt, tasks_from_files=tasks_from_files, score_reading=score_reading)
     test = read_eval_table(test_paths, fmt, tasks_from_files=tasks_from_files, score_reading=score_reading)

@@ -3,8 +3,8 @@ annotated"): the embedding annotator (nearest prototypes and clusters), the pape
 (an auxiliary model served by the project's vLLM stage), and linear heads distilled from the LLM's
 labels, which annotate at embedding cost and are what the pipeline routes with.
 
-Everything returns a `router.profiles.Annotation` of indices into the profile's taxonomy. The
-LLM's knowledge taxonomy is the named domains of `router.taxonomy.DOMAINS` plus an `other`
+Everything returns a `router.method.profiles.Annotation` of indices into the profile's taxonomy. The
+LLM's knowledge taxonomy is the named domains of `router.method.taxonomy.DOMAINS` plus an `other`
 element (index K) for domains that resemble none of them.
 """
 
@@ -18,7 +18,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from router.profiles import Annotation, Profiles, normalize, rank_weights, top_r
+from router.method.profiles import Annotation, Profiles, normalize, rank_weights, top_r
 
 ANNOTATORS = ("embedding", "llm", "distilled")
 OTHER = "other"
@@ -403,7 +403,7 @@ def fit_heads(
 class LLMAnnotator:
     """The paper's annotator: an auxiliary model names each query's capabilities and domains.
 
-    `generator` is a `router.generate.VLLMGenerator` (or anything that takes the same Arrow batch
+    `generator` is a `router.backends.generators.VLLMGenerator` (or anything that takes the same Arrow batch
     and returns `response` and `status`) serving the pool-model name `model`; `engine_factory`
     makes one on first use instead, and `close` stops it. Answers are read by `parse_response`
     and mapped by a `TaxonomyMapper`. Every row gets exactly r_cap capabilities and r_know
@@ -551,7 +551,7 @@ class _LazyEncoder:
         self._st = None
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        from router.encode import encode_texts, load_encoder
+        from router.backends.encoder import encode_texts, load_encoder
 
         if self._st is None:
             self._st = load_encoder(self.model)
@@ -564,7 +564,7 @@ def vllm_engine_factory(
     """Makes the annotator's engine: the project's vLLM stage, greedy, serving `ANNOTATOR_MODEL`."""
 
     def factory():
-        from router.generate import VLLMGenerator
+        from router.backends.generators import VLLMGenerator
 
         settings = {"max_tokens": max_tokens, "temperature": 0.0, "input_price": 0.0, "output_price": 0.0}
         return VLLMGenerator(weights, models={ANNOTATOR_MODEL: settings}, max_model_len=max_model_len, dtype=dtype)
@@ -585,8 +585,8 @@ def llm_annotator(
 ) -> LLMAnnotator:
     """The LLM annotator the `--annotator llm|distilled` commands use: `weights` served by vLLM
     (started on first use), phrases embedded with the profile's `encoder`."""
-    from router.profiling import taxonomy_vectors
-    from router.taxonomy import CAPABILITIES, DOMAINS
+    from router.method.fitting import taxonomy_vectors
+    from router.method.taxonomy import CAPABILITIES, DOMAINS
 
     cap_vectors, domain_vectors = taxonomy_vectors(encoder)
     ann = LLMAnnotator(
@@ -600,7 +600,7 @@ def llm_annotator(
 
 @dataclass
 class IndexAnnotation:
-    """What `annotate_index_set` gives `router.profiles.build_profiles`, and what to record."""
+    """What `annotate_index_set` gives `router.method.profiles.build_profiles`, and what to record."""
 
     knowledge: np.ndarray  # [K + 1, D]
     domain_names: list[str]  # [K + 1]
@@ -666,7 +666,7 @@ def annotate_index_set(
             "taxonomy; fallback_rows got nothing usable from the annotator (generation error or no "
             "parsable name) and carry the embedding annotator's lists entirely",
         },
-        "knowledge": "the named domains of router.taxonomy.DOMAINS plus `other`; free-text domains map to the "
+        "knowledge": "the named domains of router.method.taxonomy.DOMAINS plus `other`; free-text domains map to the "
         f"most similar name at cosine >= {annotator.mapper.domain_threshold}, else to `other`",
         "heads": {
             "ridge": ridge,

@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow as pa
 
 from router import schema as S
-from router.evaldata import EvalTable
-from router.grading import SKIPPED_METRICS, grade
+from router.method.evaldata import EvalTable
+from router.method.grading import SKIPPED_METRICS, grade
 
 
 def read_index_set(path: str, limit: int | None = None) -> list[dict]:
@@ -35,7 +35,7 @@ def answer_and_grade(
 ) -> tuple[EvalTable, int]:
     """(graded table with one model column, rows skipped because their metric is not gradable).
     `backend`: the generation stage that answers (`vllm`, or `transformers` for tiny CPU models)."""
-    from router.generate import BACKENDS
+    from router.backends.generators import BACKENDS
 
     rows = read_index_set(path, limit)
     gradable = [r for r in rows if r.get("metric") not in SKIPPED_METRICS]

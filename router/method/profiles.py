@@ -176,7 +176,7 @@ class Profiles:
     tasks: tuple[str, ...] = ()  # task labels seen in the index set (a knowledge element each)
     task_profile: np.ndarray | None = None  # float32 [T, M]
     # float32 [D + 1, C + K]: linear heads from an embedding to capability and knowledge scores
-    # (last row: bias), fitted on an LLM annotator's labels (router.annotate). When present,
+    # (last row: bias), fitted on an LLM annotator's labels (router.method.annotate). When present,
     # `annotate` ranks their outputs instead of the nearest prototypes and centroids.
     heads: np.ndarray | None = None
 
@@ -412,7 +412,7 @@ def build_profiles(
     By default the knowledge elements are `n_clusters` clusters of the embeddings and the index
     queries are annotated by nearness. `knowledge` [K, D] fixes the elements instead (named by
     `domain_names`), `annotation` gives the index queries' lists from another annotator, and
-    `heads` is stored for routing (router.annotate)."""
+    `heads` is stored for routing (router.method.annotate)."""
     emb = normalize(embeddings)
     scores = np.asarray(scores, dtype=np.float32)
     if scores.shape != (len(emb), len(models)):
