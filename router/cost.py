@@ -1,4 +1,7 @@
-"""Predicted cost of every (row, model) pair: prices times token estimates, in USD (DESIGN.md 4)."""
+"""What a row costs: the one formula (tokens times prices) and the token counts it is fed.
+
+Every place that turns tokens into money uses `token_usd`: the plan's cost matrix, the engines'
+actual cost per row, `router eval` and the schedule's loads."""
 
 from __future__ import annotations
 
@@ -23,6 +26,21 @@ def estimate_input_tokens(utf8_bytes: np.ndarray, mode: str) -> np.ndarray:
     return np.ceil(b / CHARS_PER_TOKEN).astype(np.int64) + TEMPLATE_TOKENS
 
 
+def token_usd(input_tokens, output_tokens, input_price, output_price, *, out: np.ndarray | None = None):
+    """USD of `input_tokens` and `output_tokens` at prices in USD per 1M tokens (numpy broadcasting;
+    plain numbers give a float). `out` takes the input part in place, as the cost matrix does."""
+    c = np.multiply(input_tokens, input_price, out=out, dtype=np.float64)
+    c += np.multiply(output_tokens, output_price, dtype=np.float64)
+    c *= 1e-6
+    return c if out is not None or np.ndim(c) else float(c)
+
+
+def planned_output_tokens(expected_output_tokens: int | None, default_output_tokens: int, max_tokens: int) -> int:
+    """The answer length a model is planned at when its profile predicts none: the model's own
+    `expected_output_tokens`, else the budget's default, never above `max_tokens`."""
+    return min(expected_output_tokens or default_output_tokens, max_tokens)
+
+
 def cost_matrix(
     input_tokens: np.ndarray,
     output_tokens: np.ndarray,
@@ -36,10 +54,9 @@ def cost_matrix(
     every row); prices [M] in USD per 1M tokens.
     """
     inp = np.asarray(input_tokens, dtype=np.float64)
-    # (inp * input_price + output_tokens * output_price) * 1e-6, in place: one [N, M] array.
-    c = np.multiply.outer(inp, np.asarray(input_price, np.float64))
-    c += np.asarray(output_tokens, np.float64) * output_price
-    c *= 1e-6
+    price_in = np.asarray(input_price, np.float64)
+    c = token_usd(inp[:, None], output_tokens, price_in, output_price,
+                  out=np.empty((inp.size, price_in.size), np.float64))  # fmt: skip
     if inp.size and inp.max() >= np.min(max_context):
         c[~(inp[:, None] < max_context)] = np.nan
     return c

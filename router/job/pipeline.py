@@ -642,7 +642,7 @@ class EnginePool:
 def pool_loads(cfg: JobConfig, groups: dict[Engine, list[ModelSpec]], by_model: list[dict[str, Any]]):
     """Each engine pool's predicted token load, from the routed rows' tally: prompt tokens from their
     UTF-8 length (as the `expected` budget mode counts them) plus each model's planned answer."""
-    from router.cost import CHARS_PER_TOKEN, TEMPLATE_TOKENS
+    from router.cost import CHARS_PER_TOKEN, TEMPLATE_TOKENS, planned_output_tokens
     from router.job.schedule import PoolLoad
 
     tallied = {r[S.MODEL]: r for r in by_model if r[S.MODEL] is not None}
@@ -652,7 +652,7 @@ def pool_loads(cfg: JobConfig, groups: dict[Engine, list[ModelSpec]], by_model: 
         for m in members:
             t = tallied.get(m.name, {})
             n = int(t.get("ok_rows", 0))
-            answer = min(m.expected_output_tokens or cfg.budget.default_output_tokens, m.max_tokens)
+            answer = planned_output_tokens(m.expected_output_tokens, cfg.budget.default_output_tokens, m.max_tokens)
             tokens += t.get("ok_prompt_bytes", 0) / CHARS_PER_TOKEN + n * (TEMPLATE_TOKENS + answer)
             rows += n
         if rows == 0:

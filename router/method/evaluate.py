@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from router.budget import solve_budget
-from router.cost import CHARS_PER_TOKEN, TEMPLATE_TOKENS
+from router.cost import estimate_input_tokens, token_usd
 from router.backends.encoder import MINILM, encode_cached
 from router.method.evaldata import EvalTable, read_eval_table
 from router.method.fitting import ProfileSettings, fit_profiles
@@ -46,8 +46,9 @@ def load_prices(path: str) -> dict[str, dict[str, float]]:
 
 
 def _token_estimate(queries: Sequence[str]) -> np.ndarray:
-    chars = np.fromiter((len(q) for q in queries), np.float64, len(queries))
-    return np.ceil(chars / CHARS_PER_TOKEN) + TEMPLATE_TOKENS
+    """Prompt tokens as the job's `expected` mode counts them (from the UTF-8 length)."""
+    utf8 = np.fromiter((len(q.encode()) for q in queries), np.int64, len(queries))
+    return estimate_input_tokens(utf8, "expected").astype(np.float64)
 
 
 def table_costs(
@@ -74,7 +75,7 @@ def table_costs(
             raise ValueError(f"prices lack model {missing[0]!r}")
         pin = np.array([float(prices[m]["input_price"]) for m in models])
         pout = np.array([float(prices[m]["output_price"]) for m in models])
-        c = (tokens[:, None] * pin[None, :] + output_tokens * pout[None, :]) * 1e-6
+        c = token_usd(tokens[:, None], output_tokens, pin[None, :], pout[None, :])
         return Costs(c, c, "USD", f"prices x tokens (input from the text, {output_tokens:g} output tokens)")
     ones = np.ones((len(test.queries), len(models)))
     return Costs(ones, ones, "rows", "equal costs (no costs in the table and no --prices)")

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from router import budget as B
 from router import schema as S
 from router.config import JobConfig
-from router.cost import cost_matrix, estimate_input_tokens
+from router.cost import cost_matrix, estimate_input_tokens, planned_output_tokens
 from router.backends.encoder import embeddings_from_arrow
 from router.method.profiles import Profiles, load_profiles
 
@@ -43,7 +43,8 @@ class PoolArrays:
             max_context=np.array([m.max_context for m in ms], np.int64),
             max_tokens=np.array([m.max_tokens for m in ms], np.int64),
             expected_output=np.array(
-                [min(m.expected_output_tokens or cfg.budget.default_output_tokens, m.max_tokens) for m in ms],
+                [planned_output_tokens(m.expected_output_tokens, cfg.budget.default_output_tokens, m.max_tokens)
+                 for m in ms],
                 np.float64,
             ),
             mode=cfg.budget.mode,
