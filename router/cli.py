@@ -35,12 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="route only: the assignment and predicted spend, no generation",
         description="Read, encode and route the input under the budget, and print how many rows "
         "go to each model and the predicted spend. Nothing is generated. With --out, the routed "
-        "rows (id, model, predicted quality and cost, capabilities, domains) are written as parquet.",
+        "rows (id, model, status, error, predicted quality and cost, capabilities, domains) are written "
+        "as parquet to a new or empty folder.",
         epilog=OVERRIDES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_job_args(plan)
-    plan.add_argument("--out", help="also write the routed rows to this folder (parquet)")
+    plan.add_argument("--out", help="also write the routed rows to this folder (parquet): a new or empty folder, "
+                      "not inside the input")
     plan.add_argument("--json", help="write the plan summary as JSON to this file")
 
     run = sub.add_parser(
@@ -227,15 +229,21 @@ def _plan(args) -> int:
     from router.report import format_summary, report_dict
 
     cfg = load_config(args.config, args.overrides)
+    if args.out:  # checked before any work, as `run` checks its output
+        from router.job.output import check_new_folder
+
+        check_new_folder(args.out, cfg.input)
     result, assigned = plan_job(cfg)
     print(format_summary(cfg, result))
     if args.out:
         from router import schema as S
+        from router.job.output import create_folder
 
+        create_folder(args.out)
         assigned.select_columns(
-            [S.ID, S.MODEL, S.STATUS, S.PREDICTED_QUALITY, S.PREDICTED_COST, S.CAPABILITIES, S.DOMAINS]
+            [S.ID, S.MODEL, S.STATUS, S.ERROR, S.PREDICTED_QUALITY, S.PREDICTED_COST, S.CAPABILITIES, S.DOMAINS]
         ).write_parquet(args.out)
-        print(f"routed rows written to {args.out}")
+        print(f"routed rows written to {args.out} ({result.n_rows} rows, parquet)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report_dict(cfg, result), f, indent=1, default=float)

@@ -91,11 +91,58 @@ def committed_files(output: str) -> list[str]:
     )
 
 
+def _place(uri: str) -> tuple[str, str]:
+    """(filesystem kind, absolute path) to compare two places."""
+    import os
+
+    fs, path = _fs(uri)
+    if fs.type_name == "local":
+        path = os.path.realpath(path)
+    return fs.type_name, path.rstrip("/")
+
+
+def refuse_input_overlap(output: str, input: str) -> None:
+    """The output is never the input, inside it (its files would be read as prompts by the next
+    run) or around it."""
+    (out_fs, out), (in_fs, inp) = _place(output), _place(input)
+    if out_fs != in_fs:
+        return
+    if out == inp or out.startswith(inp + "/"):
+        raise ConfigError(
+            f"output {output!r} is inside the input {input!r}: the next run would read it as prompts; "
+            "choose a folder outside the input"
+        )
+    if inp.startswith(out + "/"):
+        raise ConfigError(f"output {output!r} holds the input {input!r}; choose another folder")
+
+
+def check_new_folder(output: str, input: str) -> None:
+    """Where `router plan --out` writes: a new or empty folder, not the input nor inside it."""
+    import pyarrow.fs as pafs
+
+    refuse_input_overlap(output, input)
+    fs, path = _fs(output)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        raise ConfigError(f"output {output!r} is a file; give a folder")
+    if info.type == pafs.FileType.Directory and fs.get_file_info(pafs.FileSelector(path, recursive=True)):
+        raise ConfigError(f"output {output!r} is not empty; choose a new folder, or empty it")
+
+
+def create_folder(output: str) -> None:
+    fs, path = _fs(output)
+    try:
+        fs.create_dir(path, recursive=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create the output folder {output!r}: {e}") from None
+
+
 def open_output(cfg: JobConfig) -> Prior | None:
     """Before a run: a new or empty output folder gets the job's manifest (None: nothing done yet);
     one holding this same job's shards gives what they hold (resume). Anything else is an error."""
     import pyarrow.fs as pafs
 
+    refuse_input_overlap(cfg.output, cfg.input)
     fs, path = _fs(cfg.output)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.File:
@@ -117,7 +164,7 @@ def open_output(cfg: JobConfig) -> Prior | None:
             return read_prior(cfg.output)
         # Nothing was written under the old settings (say, an engine that could not start): start afresh.
         clear_tmp(cfg.output)
-    fs.create_dir(path, recursive=True)
+    create_folder(cfg.output)
     with fs.open_output_stream(manifest) as f:
         f.write(json.dumps(identity, indent=1).encode())
     return None

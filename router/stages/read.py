@@ -1,15 +1,17 @@
 """Reading and validating the prompt file: read units planned on the driver, read in Ray tasks.
 
-The driver lists the input files and checks the text column before any work is scheduled, so a
-wrong path or column name fails in one line. Each file (each row group, for parquet) becomes one
-read unit whose first row number is known, which makes the ids made for an input without an id
-column stable: `<file>:<row>`, the same on every run.
+Before any work is scheduled, the driver reads every file once (`plan_read`): anything that would
+stop the job later (a corrupt file, an ambiguous column, columns that cannot be reconciled across
+files, repeated ids) is refused there in one line, and the columns of every file are reconciled
+into the one set each read unit is given. Each file (each row group, for parquet) becomes one read
+unit whose first row number is known, which makes the ids made for rows without one stable:
+`<file>:<row>`, the same on every run. The reading contract itself is in the README ("Input and
+output").
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
 import numpy as np
@@ -18,10 +20,21 @@ import pyarrow.compute as pc
 
 from router import schema as S
 from router.config import ConfigError
+from router.stages import formats as F
 
 FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 # Columns the output adds: an input column of the same name would be overwritten, so it is refused.
 RESERVED = set(S.OUTPUT_COLUMNS) | set(S.INTERNAL_COLUMNS)
+# The id column when the config names none; a job whose input lacks it gets made ids.
+DEFAULT_ID_COLUMN = "id"
+# Characters that show nothing: white space, control and format characters (NUL, zero-width
+# space and joiners, byte-order marks, bidi marks), variation selectors and the blank letters
+# (Hangul fillers, the braille blank). A prompt made of these alone is not answered.
+BLANK = r"^[\s\p{Z}]*$"
+INVISIBLE = (
+    r"^[\s\p{Z}\p{Cc}\p{Cf}\x{034F}\x{115F}\x{1160}\x{17B4}\x{17B5}\x{180B}-\x{180F}\x{2800}\x{3164}"
+    r"\x{FE00}-\x{FE0F}\x{FFA0}\x{E0100}-\x{E01EF}]*$"
+)
 
 
 @dataclass(frozen=True)
@@ -31,6 +44,9 @@ class ReadUnit:
     fmt: str
     row_group: int  # -1: the whole file
     first_row: int
+    columns: bytes = b""
+    """The pass-through columns every unit of the input is given (an Arrow schema, serialized):
+    a column a file lacks is added as nulls, so that all units have one schema."""
 
 
 def filesystem(uri: str):
@@ -45,6 +61,12 @@ def filesystem(uri: str):
 
 def list_input_files(uri: str) -> tuple[object, list[tuple[str, str, str]]]:
     """(filesystem, [(path, display name, format)]) for a file or a folder of files."""
+    fs, entries = _input_entries(uri)
+    return fs, [(path, name, fmt) for path, name, fmt, _ in entries]
+
+
+def _input_entries(uri: str):
+    """(filesystem, [(path, display name, format, (size, mtime))]) of the input's files."""
     import pyarrow.fs as pafs
 
     fs, path = filesystem(uri)
@@ -69,127 +91,94 @@ def list_input_files(uri: str) -> tuple[object, list[tuple[str, str, str]]]:
                 raise ConfigError(f"input {uri!r}: unknown format; use .parquet, .jsonl or .csv")
             continue
         name = e.path[len(root) :].lstrip("/") if root else e.path
-        files.append((e.path, name, FORMATS[suffix]))
+        files.append((e.path, name, FORMATS[suffix], (e.size, e.mtime_ns)))
     if not files:
         raise ConfigError(f"input {uri!r} holds no .parquet, .jsonl or .csv file")
     return fs, files
 
 
-def _first_columns(fs, path: str, fmt: str) -> list[str]:
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        return pq.ParquetFile(fs.open_input_file(path)).schema_arrow.names
-    with fs.open_input_stream(path) as f:
-        head = f.read(1 << 20).decode("utf-8", errors="replace")
-    if fmt == "csv":
-        import csv
-
-        return next(csv.reader([head.splitlines()[0]])) if head else []
-    for line in head.splitlines():
-        if line.strip():
-            try:
-                return list(json.loads(line))
-            except (json.JSONDecodeError, TypeError):
-                raise ConfigError(f"input {path!r}: the first line is not a JSON object") from None
-    return []
-
-
-def plan_read(uri: str, text_column: str, id_column: str) -> tuple[list[ReadUnit], list[str]]:
-    """Read units and the pass-through columns, checking the text column before any work starts."""
-    fs, files = list_input_files(uri)
-    units: list[ReadUnit] = []
-    columns: list[str] = []
-    for path, name, fmt in files:
-        cols = _first_columns(fs, path, fmt)
-        if text_column not in cols:
-            raise ConfigError(
-                f"input {name!r} has no text column {text_column!r} (columns: {', '.join(cols) or 'none'}); "
-                "set text_column=NAME"
-            )
-        columns = columns or cols
-        if fmt == "parquet":
-            import pyarrow.parquet as pq
-
-            md = pq.ParquetFile(fs.open_input_file(path)).metadata
-            first = 0
-            for rg in range(md.num_row_groups):
-                units.append(ReadUnit(path, name, fmt, rg, first))
-                first += md.row_group(rg).num_rows
-        else:
-            units.append(ReadUnit(path, name, fmt, -1, 0))
-    passthrough = [c for c in columns if c != text_column]
-    clash = sorted((set(passthrough) - {id_column}) & (RESERVED | {S.PROMPT, S.ID}))
-    if clash:
+def _check_column_settings(text_column: str, id_column: str) -> None:
+    if text_column == id_column:
+        raise ConfigError(f"text_column and id_column are both {text_column!r}; the prompts and the ids are two columns")
+    if text_column in RESERVED or text_column == S.ID:
         raise ConfigError(
-            f"input column {clash[0]!r} has the name of a column the router writes; rename it in the input"
+            f"text_column {text_column!r} has the name of a column the router writes; rename it in the input"
         )
-    return units, passthrough
 
 
-def _read_jsonl_lenient(data: bytes, text_column: str) -> pa.Table:
-    """Line-by-line JSON for files whose columns change type between rows (a number among texts)."""
-    rows = []
-    for line in data.splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            row = {}
-        if not isinstance(row, dict):
-            row = {}
-        for k, v in row.items():
-            if isinstance(v, (dict, list)) or (k == text_column and not isinstance(v, str)):
-                row[k] = None if k == text_column else json.dumps(v)
-            elif not isinstance(v, str) and v is not None:
-                row[k] = str(v) if k != text_column else None
-        rows.append(row)
-    return pa.Table.from_pylist(rows)
+# ---- one read unit: parse, validate, conform ----
 
 
-def read_table(unit: ReadUnit, text_column: str) -> pa.Table:
+def read_table(unit: ReadUnit, text_column: str, id_column: str) -> F.Parsed:
+    """The unit's rows as its format's parser reads them."""
     fs, _ = filesystem(unit.path)
     if unit.fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        return pq.ParquetFile(fs.open_input_file(unit.path)).read_row_group(unit.row_group)
+        return F.Parsed(F.read_parquet(fs, unit.path, unit.name, unit.row_group))
     with fs.open_input_stream(unit.path) as f:
         data = f.read()
     if unit.fmt == "csv":
-        import pyarrow.csv as pcsv
-
-        return pcsv.read_csv(
-            pa.BufferReader(data),
-            convert_options=pcsv.ConvertOptions(
-                column_types={text_column: pa.string()}, strings_can_be_null=False
-            ),
-        )
-    import pyarrow.json as pj
-
-    try:
-        return pj.read_json(pa.BufferReader(data))
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return _read_jsonl_lenient(data, text_column)
+        return F.read_csv(data, unit.name)
+    return F.read_jsonl(data, unit.name, text_column, id_column)
 
 
-def validate(table: pa.Table, unit: ReadUnit, text_column: str, id_column: str) -> pa.Table:
-    """Rename the text column to `prompt`, make ids where missing, and set each row's status."""
+def _text(table: pa.Table, text_column: str) -> tuple[pa.Array, pa.Array | None]:
+    """The text column as UTF-8 strings, and per row why it is not text (null: it is, or it is null)."""
     n = table.num_rows
-    text = table[text_column] if text_column in table.column_names else pa.nulls(n, pa.string())
-    if not pa.types.is_string(text.type) and not pa.types.is_large_string(text.type):
-        text = pa.nulls(n, pa.string())  # a column of numbers, lists...: no row of it is text
-    text = text.cast(pa.string())
-    blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(text), ""), True)
-    status = pc.if_else(blank, S.INVALID_INPUT, S.OK)
-    error = pc.if_else(blank, f"{text_column} is empty, null or not text", pa.scalar(None, pa.string()))
-    if id_column in table.column_names:
-        ids = table[id_column].cast(pa.string())
-        rows = pa.array(np.arange(unit.first_row, unit.first_row + n).astype(str))
-        ids = pc.coalesce(ids, pc.binary_join_element_wise(f"{unit.name}:", rows, ""))
+    if text_column not in table.column_names:
+        return pa.nulls(n, pa.string()), None
+    text = table[text_column].combine_chunks()
+    t = text.type
+    if pa.types.is_large_string(t) or (hasattr(pa.types, "is_string_view") and pa.types.is_string_view(t)):
+        text, t = text.cast(pa.large_string()), pa.large_string()
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return F.repair_utf8(text, text_column)  # binary UTF-8 text is text
+    if pa.types.is_null(t):
+        return pa.nulls(n, pa.string()), None
+    why = pc.if_else(text.is_valid(), f"{text_column} is not text ({t})", pa.scalar(None, pa.string()))
+    return pa.nulls(n, pa.string()), why
+
+
+def _row_errors(text: pa.Array, text_column: str) -> pa.Array:
+    """Why a row's text is not answered: null, empty, or nothing visible (null: it is answered)."""
+    none = pa.scalar(None, pa.string())
+    missing = pc.if_else(text.is_null(), f"{text_column} is missing or null", none)
+    blank = pc.fill_null(pc.match_substring_regex(text, BLANK), False)
+    empty = pc.if_else(blank, f"{text_column} is empty", none)
+    invisible = pc.if_else(
+        pc.and_(pc.fill_null(pc.match_substring_regex(text, INVISIBLE), False), pc.invert(blank)),
+        f"{text_column} shows nothing (only zero-width, control or other invisible characters)",
+        none,
+    )
+    return pc.coalesce(missing, empty, invisible)
+
+
+def _ids(table: pa.Table, unit: ReadUnit, id_column: str) -> pa.Array:
+    """The id column as text, rows without one (null or empty) given `<file>:<row>`."""
+    n = table.num_rows
+    rows = pa.array(np.arange(unit.first_row, unit.first_row + n).astype(str))
+    made = pc.binary_join_element_wise(f"{unit.name}:", rows, "")
+    if id_column not in table.column_names:
+        return made
+    ids = table[id_column].combine_chunks()
+    t = ids.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t) or pa.types.is_null(t):
+        ids = ids.cast(pa.string())
     else:
-        rows = pa.array(np.arange(unit.first_row, unit.first_row + n).astype(str))
-        ids = pc.binary_join_element_wise(f"{unit.name}:", rows, "")
+        raise ConfigError(
+            f"input {unit.name!r}: the id column {id_column!r} holds {t} values; ids must be text or whole numbers"
+        )
+    ids = pc.if_else(pc.fill_null(pc.equal(pc.utf8_length(ids), 0), False), pa.scalar(None, pa.string()), ids)
+    return pc.coalesce(ids, made)
+
+
+def validate(parsed: F.Parsed, unit: ReadUnit, text_column: str, id_column: str) -> pa.Table:
+    """Rename the text column to `prompt`, give every row an id and a status: `invalid_input`,
+    with the reason in `error`, for a row whose text cannot be answered."""
+    table = parsed.table
+    text, not_text = _text(table, text_column)
+    error = F.merge_errors(parsed.errors, not_text, _row_errors(text, text_column))
+    status = pc.if_else(error.is_valid(), S.INVALID_INPUT, S.OK)
+    ids = _ids(table, unit, id_column)
     out = table.drop_columns([c for c in (text_column, id_column) if c in table.column_names])
     return (
         out.add_column(0, S.ID, ids)
@@ -197,6 +186,165 @@ def validate(table: pa.Table, unit: ReadUnit, text_column: str, id_column: str) 
         .append_column(S.STATUS, status)
         .append_column(S.ERROR, error.cast(pa.string()))
     )
+
+
+def passthrough_schema(table: pa.Table) -> pa.Schema:
+    """The pass-through columns of a validated table."""
+    fixed = {S.ID, S.PROMPT, S.STATUS, S.ERROR}
+    return pa.schema([f for f in table.schema if f.name not in fixed])
+
+
+def conform(table: pa.Table, columns: pa.Schema, name: str) -> pa.Table:
+    """The validated table with exactly the input's pass-through columns, in order and type."""
+    names = [S.ID, *columns.names, S.PROMPT, S.STATUS, S.ERROR]
+    if not table.num_rows:  # its columns, whatever they are, were not reconciled: no row holds them
+        return pa.schema([table.schema.field(S.ID), *columns, *table.select(names[-3:]).schema]).empty_table()
+    out = [table[S.ID]]
+    for field in columns:
+        if field.name not in table.column_names:
+            out.append(pa.nulls(table.num_rows, field.type))
+            continue
+        column = table[field.name]
+        if column.type != field.type:
+            try:
+                column = column.cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
+                raise ConfigError(
+                    f"input column {field.name!r} of {name!r} cannot be read as {field.type}, its type in other "
+                    f"files ({F._first_line(e)}); give it one type in every file"
+                ) from None
+        out.append(column)
+    return pa.table([*out, table[S.PROMPT], table[S.STATUS], table[S.ERROR]], names=names)
+
+
+def read_unit(unit: ReadUnit, text_column: str, id_column: str) -> pa.Table:
+    """A read unit's validated rows, with the input's pass-through columns."""
+    table = validate(read_table(unit, text_column, id_column), unit, text_column, id_column)
+    if not unit.columns:
+        return table
+    return conform(table, pa.ipc.read_schema(pa.py_buffer(unit.columns)), unit.name)
+
+
+# ---- planning: the driver reads every file once ----
+
+
+@dataclass
+class _Seen:
+    """What the driver's reading of the input found."""
+
+    rows: int = 0
+    columns: dict = field(default_factory=dict)
+    """column name -> (field, the first file holding it): the pass-through columns, reconciled."""
+    ids: list = field(default_factory=list)
+    """(unit, its ids) per unit."""
+    schemas: list = field(default_factory=list)
+    """(unit, its pass-through columns) per unit."""
+
+
+def _units_of(fs, path: str, name: str, fmt: str) -> list[ReadUnit]:
+    if fmt != "parquet":
+        return [ReadUnit(path, name, fmt, -1, 0)]
+    units, first = [], 0
+    for rg, rows in enumerate(F.parquet_row_groups(fs, path, name)):
+        units.append(ReadUnit(path, name, fmt, rg, first))
+        first += rows
+    return units
+
+
+def _reconcile(seen: _Seen, schema: pa.Schema, name: str) -> None:
+    for field in schema:
+        if field.name not in seen.columns:
+            seen.columns[field.name] = (field, name)
+            continue
+        before, where = seen.columns[field.name]
+        if before.type == field.type:
+            continue
+        try:
+            merged = pa.unify_schemas([pa.schema([before]), pa.schema([field])], promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            raise ConfigError(
+                f"input column {field.name!r} is {before.type} in {where!r} but {field.type} in {name!r}; "
+                "give it one type in every file, or rename it in one of them"
+            ) from None
+        seen.columns[field.name] = (merged.field(0), where)
+
+
+def _check_columns(names: list[str], unit: ReadUnit, text_column: str, id_column: str) -> None:
+    """A unit holding rows: its text column, its id column if one is named, no column the router writes."""
+    if text_column not in names:
+        shown = ", ".join(names) if names else "none: no line is a JSON object" if unit.fmt == "jsonl" else "none"
+        raise ConfigError(
+            f"input {unit.name!r} has no text column {text_column!r} (columns: {shown}); set text_column=NAME"
+        )
+    if id_column not in names and id_column != DEFAULT_ID_COLUMN:
+        raise ConfigError(
+            f"id_column {id_column!r} is not a column of input {unit.name!r} (columns: {', '.join(names)}); name its "
+            "column of ids, or leave id_column unset to have ids made from file and row"
+        )
+    clash = sorted((set(names) - {text_column, id_column}) & (RESERVED | {S.PROMPT, S.ID}))
+    if clash:
+        raise ConfigError(
+            f"input column {clash[0]!r} of {unit.name!r} has the name of a column the router writes; rename it in the input"
+        )
+
+
+def _scan_unit(unit: ReadUnit, text_column: str, id_column: str, seen: _Seen) -> None:
+    parsed = read_table(unit, text_column, id_column)
+    if not parsed.table.num_rows:
+        return  # a unit without rows adds nothing, not even its columns
+    _check_columns(parsed.table.column_names, unit, text_column, id_column)
+    table = validate(parsed, unit, text_column, id_column)
+    seen.rows += table.num_rows
+    seen.ids.append((unit, table[S.ID]))
+    schema = passthrough_schema(table)
+    _reconcile(seen, schema, unit.name)
+    seen.schemas.append((unit, schema))
+
+
+def _refuse_duplicate_ids(ids: list) -> None:
+    every = pa.chunked_array([i for _, i in ids], pa.string()).combine_chunks()
+    if len(pc.unique(every)) == len(every):
+        return
+    counts = pc.value_counts(every)
+    dup = counts.filter(pc.greater(counts.field("counts"), 1))[0]["values"].as_py()
+    where = []
+    for unit, unit_ids in ids:
+        for i in np.flatnonzero(pc.fill_null(pc.equal(unit_ids, dup), False).to_numpy(zero_copy_only=False)):
+            where.append(f"{unit.name}:{unit.first_row + int(i)}")
+            if len(where) == 2:
+                raise ConfigError(
+                    f"ids must be unique, but {dup!r} is the id of two rows ({where[0]} and {where[1]}; file:row "
+                    "counts rows from 0); make the ids unique, or drop the id column to have ids made from file and row"
+                )
+
+
+_PLANS: dict = {}
+
+
+def plan_read(uri: str, text_column: str, id_column: str) -> tuple[list[ReadUnit], list[str]]:
+    """Read units and the pass-through columns, after reading every file once: whatever in the
+    input would stop the job raises `ConfigError` here, before any work starts."""
+    _check_column_settings(text_column, id_column)
+    fs, entries = _input_entries(uri)
+    key = (uri, text_column, id_column, tuple(entries))
+    if key in _PLANS:  # the job plans twice (its checks, then its read): the files are read once
+        return _PLANS[key]
+    seen = _Seen()
+    units = [u for path, name, fmt, _ in entries for u in _units_of(fs, path, name, fmt)]
+    for unit in units:
+        _scan_unit(unit, text_column, id_column, seen)
+    if not seen.rows:
+        raise ConfigError(f"input {uri!r} holds no rows; give it at least one prompt")
+    columns = pa.schema([field for field, _ in seen.columns.values()])
+    for unit, schema in seen.schemas:  # a type promoted across files: check that every value converts
+        if any(f.type != columns.field(f.name).type for f in schema):
+            conform(validate(read_table(unit, text_column, id_column), unit, text_column, id_column), columns, unit.name)
+    _refuse_duplicate_ids(seen.ids)
+    blob = columns.serialize().to_pybytes()
+    plan = [ReadUnit(u.path, u.name, u.fmt, u.row_group, u.first_row, blob) for u in units], columns.names
+    _PLANS.clear()
+    _PLANS[key] = plan
+    return plan
 
 
 class ReadUnits:
@@ -212,7 +360,7 @@ class ReadUnits:
     def __call__(self, units: pa.Table) -> Iterator[pa.Table]:
         for u in units.to_pylist():
             unit = ReadUnit(**u)
-            table = validate(read_table(unit, self.text_column), unit, self.text_column, self.id_column)
+            table = read_unit(unit, self.text_column, self.id_column)
             if self.skip_ids is not None:  # one set lookup per unit (a file or a row group), not per batch
                 table = table.filter(pc.invert(pc.is_in(table[S.ID], value_set=self.skip_ids)))
             for batch in table.to_batches(max_chunksize=self.rows_per_batch):
