@@ -270,3 +270,11 @@ def test_a_resumed_read_gives_every_row_once(tmp_path):
     stage = ReadUnits("prompt", "id", skip_ids=first)
     rest = [i for u in units_as_items(units) for t in stage(pa.Table.from_pylist([u])) for i in t[S.ID].to_pylist()]
     assert sorted(first.to_pylist() + rest) == sorted(every) and len(every) == 11
+
+
+def test_a_json_array_file_is_refused_not_read_as_lines(tmp_path):
+    p = tmp_path / "in.json"
+    p.write_text(json.dumps([{"prompt": "a"}, {"prompt": "b"}], indent=1))
+    refused(p, r"input 'in.json' is one JSON array, not one JSON object per line; write it as jsonl")
+    p.write_text('[1, 2]\n{"prompt": "b"}\n')  # an array on one line of many: that line's row
+    assert [r[S.STATUS] for r in read_all(p).to_pylist()] == ["invalid_input", "ok"]

@@ -45,7 +45,8 @@ def texts(draw, kind: str) -> str:
 
 
 ROW_KINDS = {
-    "jsonl": ["ok", "ok", "ok", "blank", "null", "missing", "number", "list", "not_json", "not_object", "dup_key", "bad_byte"],
+    "jsonl": ["ok", "ok", "ok", "blank", "null", "missing", "number", "list", "not_json", "not_object", "dup_key",
+              "bad_byte"],
     "csv": ["ok", "ok", "ok", "blank", "bad_byte"],
     "parquet": ["ok", "ok", "ok", "blank", "null"],
 }
@@ -75,12 +76,12 @@ class File:
 X_VALUES = {"int": st.integers(-(2**40), 2**40), "float": st.floats(-1e9, 1e9, allow_nan=False),
             "str": st.text(max_size=5), "mixed": st.one_of(st.integers(0, 9), st.text(max_size=3))}  # fmt: skip
 DEFECTS = {
-    "jsonl": [None] * 3 + ["bom", "crlf", "blank_lines"] * 2 + ["utf16"],
-    "csv": [None] * 3 + ["bom", "lf"] * 2 + ["dup_header", "ragged"],
+    "jsonl": [None] * 3 + ["bom", "crlf", "blank_lines"] * 2 + ["utf16", "json_array"],
+    "csv": [None] * 3 + ["bom", "lf", "blank_lines"] * 2 + ["dup_header", "ragged"],
     "parquet": [None] * 3 + ["row_groups"] * 2 + ["truncated"],
 }
 # What each defect does by the contract: True refuses the file.
-REFUSING = {"utf16", "dup_header", "ragged", "truncated"}
+REFUSING = {"utf16", "json_array", "dup_header", "ragged", "truncated"}
 
 
 @st.composite
@@ -89,7 +90,9 @@ def files(draw, name: str, id_mode: str, next_id) -> File:
     name = f"{name}.{fmt}"
     families = ["str", "absent"] if fmt == "csv" else ["int", "float", "str"] + ["mixed"] * (fmt == "jsonl")
     family = draw(st.sampled_from(families + ["absent"] * 3))  # csv cells are text
-    text_type = draw(st.sampled_from(["string", "large_string", "dictionary", "binary", "int64"])) if fmt == "parquet" else "string"
+    text_type = "string"
+    if fmt == "parquet":
+        text_type = draw(st.sampled_from(["string", "large_string", "dictionary", "binary", "int64"]))
     kinds = ROW_KINDS[fmt] + (["bad_byte"] if text_type == "binary" else [])
     rows = []
     for _ in range(draw(st.sampled_from([0, 1, 2, 3, 4, 5, 6, 8]))):
@@ -159,6 +162,8 @@ def write(f: File, folder: str) -> str:
             data = b"\xef\xbb\xbf" + data
         if f.defect == "utf16":
             data = data.decode("utf-8", "replace").encode("utf-16")
+        if f.defect == "json_array":  # a JSON file, not jsonl
+            data = json.dumps([{"prompt": r.text} for r in f.rows], indent=1).encode()
     elif f.fmt == "csv":
         out = io.StringIO()
         w = csv.writer(out, lineterminator="\n" if f.defect == "lf" else "\r\n")
@@ -169,6 +174,8 @@ def write(f: File, folder: str) -> str:
         if f.defect == "ragged":
             w.writerow(["a", "b", "c", "d"])
         data = out.getvalue().encode().replace(BAD_BYTE.encode(), b"\xe9")
+        if f.defect == "blank_lines":  # before the header and between records: no rows
+            data = b"\n\n" + data.replace(b"\r\nq", b"\r\n\r\nq")
         if f.defect == "bom":
             data = b"\xef\xbb\xbf" + data
     else:
@@ -185,7 +192,8 @@ def _parquet_bytes(f: File) -> bytes:
     if f.text_type == "int64":
         text = pa.array([7] * len(f.rows), pa.int64())
     elif f.text_type == "binary":
-        text = pa.array([None if t is None else t.encode().replace(BAD_BYTE.encode(), b"\xe9") for t in texts_], pa.binary())
+        text = pa.array([None if t is None else t.encode().replace(BAD_BYTE.encode(), b"\xe9") for t in texts_],
+                        pa.binary())
     else:
         text = pa.array(texts_, pa.large_string() if f.text_type == "large_string" else pa.string())
         if f.text_type == "dictionary":
@@ -194,9 +202,12 @@ def _parquet_bytes(f: File) -> bytes:
     if any(r.id is not None for r in f.rows):
         ids = [r.id for r in f.rows]
         ints = all(isinstance(i, int) for i in ids if i is not None)
-        cols["id"] = pa.array(ids if ints else [None if i is None else str(i) for i in ids], pa.int64() if ints else pa.string())
+        if not ints:
+            ids = [None if i is None else str(i) for i in ids]
+        cols["id"] = pa.array(ids, pa.int64() if ints else pa.string())
     if f.x_family != "absent":
-        cols["x"] = pa.array([r.x for r in f.rows], {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}[f.x_family])
+        types = {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}
+        cols["x"] = pa.array([r.x for r in f.rows], types[f.x_family])
     sink = io.BytesIO()
     pq.write_table(pa.table(cols), sink, row_group_size=2 if f.defect == "row_groups" else None)
     return sink.getvalue()
@@ -205,7 +216,7 @@ def _parquet_bytes(f: File) -> bytes:
 # ---- what the contract says ----
 
 REASONS = ["holds no rows", "ids must be unique", "as parquet", "fields where the header", "two columns named",
-           "UTF-16", "no text column", "one type in every file"]  # fmt: skip
+           "UTF-16", "JSON array", "no text column", "one type in every file"]  # fmt: skip
 
 
 def expected(fs: list[File]) -> tuple[bool, dict]:
@@ -374,7 +385,8 @@ def test_repeated_ids_refuse_a_run_before_it_writes(tmp_path):
     p = tmp_path / "in.jsonl"
     p.write_text('{"prompt": "a", "id": "x"}\n{"prompt": "b", "id": "x"}\n')
     out = tmp_path / "out"
-    one_line_error(run_cli("run", CONFIG, f"input={p}", f"output={out}"), "ids must be unique, but 'x' is the id of two")
+    r = run_cli("run", CONFIG, f"input={p}", f"output={out}")
+    one_line_error(r, "ids must be unique, but 'x' is the id of two")
     assert not out.exists()
 
 

@@ -51,11 +51,13 @@ def strip_bom(data: bytes, name: str) -> bytes:
     if data.startswith(UTF8_BOM):
         return data[len(UTF8_BOM) :]
     if data.startswith(UTF16_BOMS):
-        raise ConfigError(f"input {name!r} is UTF-16 or UTF-32 text (it starts with such a byte-order mark); save it as UTF-8")
+        raise ConfigError(
+            f"input {name!r} is UTF-16 or UTF-32 text (it starts with such a byte-order mark); save it as UTF-8"
+        )
     return data
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
@@ -91,7 +93,8 @@ def repair_utf8(column: pa.Array, what: str) -> tuple[pa.Array, pa.Array | None]
             errors.append(None)
         except UnicodeDecodeError as e:
             values.append(b.decode("utf-8", errors="replace"))
-            errors.append(f"{what} is not UTF-8 (byte 0x{b[e.start]:02x} at offset {e.start} of the value); {RE_ENCODE}")
+            byte = f"byte 0x{b[e.start]:02x} at offset {e.start} of the value"
+            errors.append(f"{what} is not UTF-8 ({byte}); {RE_ENCODE}")
     return pa.array(values, pa.string()), pa.array(errors, pa.string())
 
 
@@ -133,7 +136,7 @@ def read_parquet(fs, path: str, name: str, row_group: int | None) -> pa.Table:
         table = pf.schema_arrow.empty_table() if row_group is None else pf.read_row_group(row_group)
     except (pa.ArrowException, OSError) as e:
         raise ConfigError(
-            f"input {name!r} cannot be read as parquet ({_first_line(e)}); write it again, or move it out of the input"
+            f"input {name!r} cannot be read as parquet ({first_line(e)}); write it again, or move it out of the input"
         ) from None
     refuse_duplicate_columns(table.column_names, name, "in its schema")
     return decode_dictionaries(table)
@@ -148,7 +151,7 @@ def parquet_row_groups(fs, path: str, name: str) -> list[int]:
         return [md.row_group(i).num_rows for i in range(md.num_row_groups)]
     except (pa.ArrowException, OSError) as e:
         raise ConfigError(
-            f"input {name!r} cannot be read as parquet ({_first_line(e)}); write it again, or move it out of the input"
+            f"input {name!r} cannot be read as parquet ({first_line(e)}); write it again, or move it out of the input"
         ) from None
 
 
@@ -162,7 +165,7 @@ def _csv_header(data: bytes, name: str) -> list[str]:
     # Bytes that are not UTF-8 become lone surrogates here, so that only the header's are seen.
     reader = csv.reader(io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="surrogateescape", newline=""))
     try:
-        header = next(reader, [])
+        header = next((record for record in reader if record), [])  # empty lines before it are skipped
     except csv.Error as e:
         raise ConfigError(f"input {name!r}: the header (line 1) is not csv ({e})") from None
     try:
@@ -213,7 +216,7 @@ def read_csv(data: bytes, name: str) -> Parsed:
     except pa.ArrowInvalid as e:
         where = _ragged_line(data, len(header))
         if where is None:
-            raise ConfigError(f"input {name!r} is not valid csv ({_first_line(e)})") from None
+            raise ConfigError(f"input {name!r} is not valid csv ({first_line(e)})") from None
         line, fields = where
         raise ConfigError(
             f"input {name!r} line {line} has {fields} fields where the header has {len(header)}; "
@@ -268,11 +271,26 @@ def read_jsonl(data: bytes, name: str, text_column: str, id_column: str) -> Pars
     rows = _count_rows(data)
     if not rows:
         return Parsed(pa.table({}))
+    if data.lstrip(JSON_BLANK)[:1] == b"[":
+        _refuse_json_array(data, name)
     if is_utf8(data) and len(data) < 2**31 - 1:
         table = _read_json_whole(data, text_column, id_column)
         if table is not None and table.num_rows == rows:
             return Parsed(table)
     return _read_jsonl_by_line(data, name, text_column, id_column)
+
+
+def _refuse_json_array(data: bytes, name: str) -> None:
+    """A file that is one JSON array (`[{...}, {...}]`) would be read as a row per line of it."""
+    try:
+        whole = json.loads(data)
+    except (ValueError, RecursionError):
+        return  # not one JSON document: lines, read as such
+    if isinstance(whole, list):
+        raise ConfigError(
+            f"input {name!r} is one JSON array, not one JSON object per line; write it as jsonl "
+            "(e.g. jq -c '.[]' FILE > FILE.jsonl)"
+        )
 
 
 def _has_timestamp(t: pa.DataType) -> bool:
@@ -334,7 +352,8 @@ def _parse_line(line: bytes, number: int, offset: int) -> tuple[dict, str | None
         text = line.decode("utf-8")
     except UnicodeDecodeError as e:
         text = line.decode("utf-8", errors="replace")
-        error = f"line {number} is not UTF-8 (byte 0x{line[e.start]:02x} at offset {offset + e.start} of the file); {RE_ENCODE}"
+        byte = f"byte 0x{line[e.start]:02x} at offset {offset + e.start} of the file"
+        error = f"line {number} is not UTF-8 ({byte}); {RE_ENCODE}"
     try:
         obj = json.loads(text, object_pairs_hook=_object_without_duplicates)
     except _DuplicateKey as e:
@@ -350,7 +369,8 @@ def _parse_line(line: bytes, number: int, offset: int) -> tuple[dict, str | None
             json.dumps(obj, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
             fixed = json.dumps(obj, ensure_ascii=False).encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-            return json.loads(fixed), error or f"line {number} holds a \\u escape that is no character (a lone surrogate)"
+            why = f"line {number} holds a \\u escape that is no character (a lone surrogate)"
+            return json.loads(fixed), error or why
     return obj, error
 
 

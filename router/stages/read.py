@@ -11,7 +11,8 @@ output").
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import dataclasses
+from dataclasses import asdict, dataclass
 from typing import Iterator
 
 import numpy as np
@@ -70,19 +71,22 @@ def _input_entries(uri: str):
     import pyarrow.fs as pafs
 
     fs, path = filesystem(uri)
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.NotFound:
-        raise ConfigError(f"input {uri!r} not found")
-    if info.type == pafs.FileType.File:
-        entries = [info]
-        root = path.rsplit("/", 1)[0] if "/" in path else ""
-    else:
-        entries = [
-            e
-            for e in fs.get_file_info(pafs.FileSelector(path, recursive=True))
-            if e.type == pafs.FileType.File and not e.base_name.startswith(("_", "."))
-        ]
-        root = path
+    try:
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            raise ConfigError(f"input {uri!r} not found")
+        if info.type == pafs.FileType.File:
+            entries = [info]
+            root = path.rsplit("/", 1)[0] if "/" in path else ""
+        else:
+            entries = [
+                e
+                for e in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+                if e.type == pafs.FileType.File and not e.base_name.startswith(("_", "."))
+            ]
+            root = path
+    except OSError as e:
+        raise ConfigError(f"cannot list input {uri!r}: {F.first_line(e)}") from None
     files = []
     for e in sorted(entries, key=lambda e: e.path):
         suffix = "." + e.base_name.rsplit(".", 1)[-1].lower() if "." in e.base_name else ""
@@ -99,7 +103,9 @@ def _input_entries(uri: str):
 
 def _check_column_settings(text_column: str, id_column: str) -> None:
     if text_column == id_column:
-        raise ConfigError(f"text_column and id_column are both {text_column!r}; the prompts and the ids are two columns")
+        raise ConfigError(
+            f"text_column and id_column are both {text_column!r}; the prompts and the ids are two columns"
+        )
     if text_column in RESERVED or text_column == S.ID:
         raise ConfigError(
             f"text_column {text_column!r} has the name of a column the router writes; rename it in the input"
@@ -114,8 +120,11 @@ def read_table(unit: ReadUnit, text_column: str, id_column: str) -> F.Parsed:
     fs, _ = filesystem(unit.path)
     if unit.fmt == "parquet":
         return F.Parsed(F.read_parquet(fs, unit.path, unit.name, unit.row_group))
-    with fs.open_input_stream(unit.path) as f:
-        data = f.read()
+    try:
+        with fs.open_input_stream(unit.path) as f:
+            data = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read input {unit.name!r}: {F.first_line(e)}") from None
     if unit.fmt == "csv":
         return F.read_csv(data, unit.name)
     return F.read_jsonl(data, unit.name, text_column, id_column)
@@ -211,7 +220,7 @@ def conform(table: pa.Table, columns: pa.Schema, name: str) -> pa.Table:
             except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
                 raise ConfigError(
                     f"input column {field.name!r} of {name!r} cannot be read as {field.type}, its type in other "
-                    f"files ({F._first_line(e)}); give it one type in every file"
+                    f"files ({F.first_line(e)}); give it one type in every file"
                 ) from None
         out.append(column)
     return pa.table([*out, table[S.PROMPT], table[S.STATUS], table[S.ERROR]], names=names)
@@ -233,11 +242,11 @@ class _Seen:
     """What the driver's reading of the input found."""
 
     rows: int = 0
-    columns: dict = field(default_factory=dict)
+    columns: dict = dataclasses.field(default_factory=dict)
     """column name -> (field, the first file holding it): the pass-through columns, reconciled."""
-    ids: list = field(default_factory=list)
+    ids: list = dataclasses.field(default_factory=list)
     """(unit, its ids) per unit."""
-    schemas: list = field(default_factory=list)
+    schemas: list = dataclasses.field(default_factory=list)
     """(unit, its pass-through columns) per unit."""
 
 
@@ -284,7 +293,8 @@ def _check_columns(names: list[str], unit: ReadUnit, text_column: str, id_column
     clash = sorted((set(names) - {text_column, id_column}) & (RESERVED | {S.PROMPT, S.ID}))
     if clash:
         raise ConfigError(
-            f"input column {clash[0]!r} of {unit.name!r} has the name of a column the router writes; rename it in the input"
+            f"input column {clash[0]!r} of {unit.name!r} has the name of a column the router writes; "
+            "rename it in the input"
         )
 
 
@@ -338,7 +348,8 @@ def plan_read(uri: str, text_column: str, id_column: str) -> tuple[list[ReadUnit
     columns = pa.schema([field for field, _ in seen.columns.values()])
     for unit, schema in seen.schemas:  # a type promoted across files: check that every value converts
         if any(f.type != columns.field(f.name).type for f in schema):
-            conform(validate(read_table(unit, text_column, id_column), unit, text_column, id_column), columns, unit.name)
+            table = validate(read_table(unit, text_column, id_column), unit, text_column, id_column)
+            conform(table, columns, unit.name)
     _refuse_duplicate_ids(seen.ids)
     blob = columns.serialize().to_pybytes()
     plan = [ReadUnit(u.path, u.name, u.fmt, u.row_group, u.first_row, blob) for u in units], columns.names
