@@ -81,9 +81,10 @@ def cheapest_hit(hit: np.ndarray, cost: np.ndarray, space: Workspace) -> tuple[n
 
 @dataclass
 class Front:
-    """The rows of a block still walking, each at its current hull point. The
-    candidate points ``quality``/``cost`` (model-major) are compacted to the
-    walking rows, alternating between the workspace's two buffers (``side``)."""
+    """The rows of a block still walking, each at its current hull point, and their
+    points ``quality``/``cost`` (model-major). Once most rows have stopped, all of it
+    is compacted to the walking rows, into the other of the workspace's two buffers
+    (``side``)."""
 
     cols: np.ndarray
     """Each walking row's block-local row."""
@@ -91,8 +92,9 @@ class Front:
     """The current point's quality; NaN once the row has stopped."""
     cur_cost: np.ndarray
     lam_prev: np.ndarray
+    """The price of the row's last step: the next is never below it."""
     floor_cost: np.ndarray
-    """The cheapest point of the row: it stops there."""
+    """The cost of the row's cheapest point (or of skipping it): the row stops there."""
     going: np.ndarray
     quality: np.ndarray
     cost: np.ndarray
