@@ -33,6 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from router import budget as B  # noqa: E402
+from router.budget.windowed import SAMPLE_ROWS  # noqa: E402
 
 # Rows per block of the baseline argmax pass: the same cache-sized blocks the solver walks.
 ARGMAX_BLOCK = 1 << 14
@@ -279,7 +280,7 @@ def bench_ray(rows: int, models: int, dim: int, batch_rows: int, repeat: int, fu
     def budgeted(windowed: bool) -> B.BudgetPlan:
         # The budget: halfway from the cheapest models to the best ones, known from the
         # generator's pilot below (a real job states it in its config).
-        pilot_q, pilot_c = synth.batch(rows + 1, min(rows, B._SAMPLE_ROWS), np.float32)
+        pilot_q, pilot_c = synth.batch(rows + 1, min(rows, SAMPLE_ROWS), np.float32)
         budget = rows / pilot_q.shape[0] * midpoint_budget(pilot_q, pilot_c.astype(np.float64))
         # A pilot sample (a real job routes a random sample of its input first) places the window.
         window = B.price_window(pilot_q, pilot_c, budget, rows) if windowed else None

@@ -16,8 +16,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from router import budget as budget_module
+from router.budget import plain as budget_plain
+from router.budget import solve as budget_solve
+from router.budget import summary as budget_summary
+from router.budget import walk as budget_walk
+from router.budget import window as budget_window
+from router.budget import windowed as budget_windowed
 from router.budget import (
+    MOVING,
     NBINS,
     BudgetPlan,
     PriceWindow,
@@ -45,6 +51,7 @@ from router.budget import (
     summarize_hulls,
     assign_hulls,
     collect_hulls,
+    window_choices,
 )
 
 # No example database: a run never depends on, or records, earlier failures.
@@ -202,26 +209,26 @@ def streamed(
 @contextmanager
 def small_blocks(cells: int = 64) -> Iterator[None]:
     """Walk in tiny blocks, so that small inputs cross block boundaries."""
-    saved = budget_module._BLOCK_CELLS
-    budget_module._BLOCK_CELLS = cells
+    saved = budget_walk.BLOCK_CELLS
+    budget_walk.BLOCK_CELLS = cells
     try:
         yield
     finally:
-        budget_module._BLOCK_CELLS = saved
+        budget_walk.BLOCK_CELLS = saved
 
 
 @contextmanager
 def bracketed(sample_rows: int) -> Iterator[None]:
     """Take the bracketed in-memory path whatever the size, with a sample of about ``sample_rows``."""
-    names = ("_BRACKET_MIN_ROWS", "_SAMPLE_ROWS", "_PASS_ROWS")
-    saved = [getattr(budget_module, name) for name in names]
-    for name, value in zip(names, (0, sample_rows, 64), strict=True):
-        setattr(budget_module, name, value)
+    knobs = ((budget_solve, "BRACKET_MIN_ROWS"), (budget_windowed, "SAMPLE_ROWS"), (budget_window, "PASS_ROWS"))
+    saved = [getattr(module, name) for module, name in knobs]
+    for (module, name), value in zip(knobs, (0, sample_rows, 64), strict=True):
+        setattr(module, name, value)
     try:
         yield
     finally:
-        for name, value in zip(names, saved, strict=True):
-            setattr(budget_module, name, value)
+        for (module, name), value in zip(knobs, saved, strict=True):
+            setattr(module, name, value)
 
 
 def assert_served_within_budget(
@@ -488,9 +495,9 @@ def test_bracketed_solve_equals_walking_every_row(
     keys = rng.permutation(n)
     cheapest, base = min_and_base_cost(quality.astype(float), cost.astype(float))
     budget = cheapest * (1 + 1e-9) + (base - cheapest) * rng.uniform(0.02, 0.98)
-    walked = budget_module._solve_walked(quality, cost, budget, keys, False)
+    walked = budget_plain.solve_walked(quality, cost, budget, keys, False)
     with bracketed(sample_rows):
-        fast = budget_module._solve_bracketed(quality, cost, budget, keys)
+        fast = budget_windowed.solve_bracketed(quality, cost, budget, keys)
     if fast is None:  # the sample missed: solve_budget walks every row instead
         return
     assert np.array_equal(fast.choice, walked.choice)
@@ -508,16 +515,16 @@ def test_large_inputs_walk_only_the_rows_near_the_price() -> None:
     cheapest, base = min_and_base_cost(quality, cost)
     budget = (cheapest + base) / 2
     keys = np.arange(n)
-    sample = np.arange(0, n, n // budget_module._SAMPLE_ROWS)
+    sample = np.arange(0, n, n // budget_windowed.SAMPLE_ROWS)
     window = price_window(quality[sample], cost[sample], budget, n)
     assert window is not None
     lo, hi = window.lo, window.hi
-    moving = np.flatnonzero(budget_module.window_choices(quality, cost, window) == budget_module.MOVING)
+    moving = np.flatnonzero(window_choices(quality, cost, window) == MOVING)
     assert moving.size < n // 10
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(budget_module, "_BRACKET_MIN_ROWS", n)
+        patch.setattr(budget_solve, "BRACKET_MIN_ROWS", n)
         sol = solve_budget(quality, cost, budget)
-    walked = budget_module._solve_walked(quality, cost, budget, keys, False)
+    walked = budget_plain.solve_walked(quality, cost, budget, keys, False)
     assert lo < sol.lam <= hi
     assert np.array_equal(sol.choice, walked.choice) and sol.lam == walked.lam
     assert_valid(quality, cost, sol, budget)
@@ -551,7 +558,7 @@ def test_windowed_passes_equal_in_memory(
     batches = []
     for a, b in pairwise(edges):
         q, c, k = quality[a:b], cost[a:b], keys[a:b]
-        batches.append((q, c, k, budget_module.window_choices(q, c, window) if routed_choices else None))
+        batches.append((q, c, k, window_choices(q, c, window) if routed_choices else None))
     summaries = [
         summarize(q, c, window=window, keys=k if keep_breakpoints else None, choices=ch) for q, c, k, ch in batches
     ]
@@ -589,7 +596,7 @@ def test_summaries_travel_sparse_and_keep_few_breakpoints() -> None:
     assert copy.window == window and all(map(np.array_equal, copy.breakpoints, summary.breakpoints))
     assert solve_lambda(copy, budget) == solve_lambda(summary, budget)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(budget_module, "KEEP_BREAKPOINTS", summary.breakpoints[0].size)
+        patch.setattr(budget_summary, "KEEP_BREAKPOINTS", summary.breakpoints[0].size)
         assert summary.merge(summary).breakpoints is None
     with pytest.raises(ValueError, match="collect_bin"):
         solve_lambda(summarize(quality, cost, window=window), budget)
@@ -809,7 +816,7 @@ def test_assign_at_a_price_is_the_tie_broken_argmax() -> None:
 def test_price_bins_are_ordered_like_prices() -> None:
     rng = np.random.default_rng(2)
     lam = np.sort(np.concatenate([rng.lognormal(0.0, 20.0, 10_000), [5e-324, 1e-300, 1.0, 1e300, np.inf]]))
-    bins = budget_module._lam_bin(lam)
+    bins = budget_summary.lam_bin(lam)
     assert (np.diff(bins) >= 0).all() and bins.max() < NBINS
 
 
