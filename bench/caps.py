@@ -38,7 +38,8 @@ from route import synthetic  # noqa: E402  (bench/route.py: the encoder stage's 
 
 from router import budget as B  # noqa: E402
 from router.config import load_config  # noqa: E402
-from router.job.pipeline import solve_capped_plan, solve_group_plan, solve_plan, summary_sink, tally  # noqa: E402
+from router.job.budget_passes import solve_capped_plan, solve_group_plan, solve_plan, summary_sink  # noqa: E402
+from router.job.tally import tally  # noqa: E402
 from router.stages.route import Assigner, PoolArrays, Scorer  # noqa: E402
 
 
@@ -72,7 +73,7 @@ def main() -> None:
         batch_size=block, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2), batch_format="pyarrow",
         num_cpus=0.5,
     ).materialize()  # fmt: skip
-    summary = ray.get(sink.get.remote())
+    summary = sink.merged()
     budget = 0.5 * (summary.base_cost + summary.min_cost)
     rows = scored.count()
 
@@ -82,8 +83,7 @@ def main() -> None:
                                                  group_column=group_column),
             compute=ray.data.ActorPoolStrategy(size=1), batch_size=8192, batch_format="pyarrow", num_cpus=0.25,
         ).materialize()  # fmt: skip
-        return {r["model"]: (r["count_all"], r["predicted_cost_sum"] or 0.0, r["predicted_quality_sum"] or 0.0)
-                for r in tally(data)[0]}  # fmt: skip
+        return {t.model: (t.rows, t.predicted_cost or 0.0, t.predicted_quality or 0.0) for t in tally(data)[0]}
 
     t = time.perf_counter()
     plain, skip = solve_plan(scored, budget, summary)

@@ -70,7 +70,7 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="key=value settings for the pipeline's config")
     args = ap.parse_args()
     from router.config import load_config
-    from router.job.pipeline import standin_weights
+    from router.job.engines import standin_weights
 
     os.chdir(ROOT)
     cfg = load_config(args.config, ["input=x", "output=y", *args.overrides])

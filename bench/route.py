@@ -39,7 +39,8 @@ from router import budget as B  # noqa: E402
 from router import schema as S  # noqa: E402
 from router.config import load_config  # noqa: E402
 from router.backends.encoder import embeddings_to_arrow# noqa: E402
-from router.job.pipeline import ROUTE_BATCH, _collect_rows  # noqa: E402
+from router.job.budget_passes import collect_rows  # noqa: E402
+from router.job.cluster import ROUTE_BATCH  # noqa: E402
 from router.stages.route import (  # noqa: E402
     Assigner, PoolArrays, Scorer, budget_matrices, cost_from_batch, keys_of, matrix_from_column,
 )  # fmt: skip
@@ -83,7 +84,7 @@ def one_core(cfg, n: int) -> None:
     rows = [
         ("baseline: embeddings x taxonomy (one matrix product)", best_of(lambda: emb @ taxonomy)),
         ("Scorer: annotate, score, cost, budget pass 1 (hulls)", best_of(lambda: scorer(batch))),
-        ("budget pass 2: the critical bin's breakpoints", best_of(lambda: _collect_rows(scored, bin, False))),
+        ("budget pass 2: the critical bin's breakpoints", best_of(lambda: collect_rows(scored, bin, False))),
         ("Assigner (binding budget)", best_of(lambda: assigner(scored))),
     ]
     total = sum(sec for _, sec in rows[1:])
@@ -109,7 +110,7 @@ def through_ray(cfg, rows: int, batch_rows: int) -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     import ray.data
 
-    from router.job.pipeline import solve_plan, summary_sink
+    from router.job.budget_passes import solve_plan, summary_sink
 
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     ctx = ray.data.DataContext.get_current()
@@ -143,7 +144,7 @@ def through_ray(cfg, rows: int, batch_rows: int) -> None:
         q, c = np.concatenate(q), np.concatenate(c)
         per_row = 0.5 * (np.nanmin(c, 1).mean() + c[np.arange(len(c)), np.nanargmax(q, 1)].mean())
         t1 = time.perf_counter()
-        plan, allow_skip = solve_plan(scored, float(per_row * rows), ray.get(sink.get.remote()))
+        plan, allow_skip = solve_plan(scored, float(per_row * rows), sink.merged())
         t2 = time.perf_counter()
         n = scored.map_batches(
             assign_batch, fn_kwargs=dict(assigner=Assigner(cfg.model_names, plan, allow_skip)), batch_size=batch_rows,

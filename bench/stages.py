@@ -30,7 +30,7 @@ from router.config import load_config  # noqa: E402
 from router.backends.encoder import embeddings_to_arrow
 from router.stages.encode import Encoder# noqa: E402
 from router.stages.read import ReadUnits, plan_read, units_as_items  # noqa: E402
-from router.job.pipeline import ROUTE_BATCH  # noqa: E402
+from router.job.cluster import ROUTE_BATCH  # noqa: E402
 from router.stages.route import Assigner, PoolArrays, Scorer, matrix_from_column  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -225,8 +225,9 @@ def _fail(msg: str) -> int:
 
 def _plan(args) -> int:
     from router.config import load_config
-    from router.job.pipeline import plan_job
-    from router.report import format_summary, report_dict
+    from router.job.plan import plan_job
+    from router.job.result import report_dict
+    from router.report import format_summary
 
     cfg = load_config(args.config, args.overrides)
     if args.out:  # checked before any work, as `run` checks its output
@@ -252,11 +253,14 @@ def _plan(args) -> int:
 
 def _run(args) -> int:
     from router.config import load_config
-    from router.job.pipeline import run_job
-    from router.report import format_summary
+    from router.job.cluster import log
+    from router.job.run import run_job
+    from router.report import format_summary, write_report_folder
 
     cfg = load_config(args.config, args.overrides)
     result = run_job(cfg)
+    folder, files = write_report_folder(cfg.output, scan=result.scan)
+    log(f"report: {folder}/ ({', '.join(files)})")
     print(format_summary(cfg, result))
     print(f"answers: {cfg.output} (parquet, one row per input row; report: {cfg.output.rstrip('/')}/_report.json)")
     return 0

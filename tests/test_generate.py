@@ -190,7 +190,7 @@ def test_engine_rejection_is_pinned_to_the_bad_row(generator, monkeypatch):
     prompts = [f"prompt number {i}" for i in range(16)]
     models = ["tiny-short"] * 16
     poison = generator.render([prompts[11]])[0]
-    real_generate = generator._llm.generate
+    real_generate = generator.llm.generate
     calls = []
 
     def generate(requests, params, **kwargs):
@@ -199,7 +199,7 @@ def test_engine_rejection_is_pinned_to_the_bad_row(generator, monkeypatch):
             raise RuntimeError("engine says no\nwith a second line")
         return real_generate(requests, params, **kwargs)
 
-    monkeypatch.setattr(generator._llm, "generate", generate)
+    monkeypatch.setattr(generator.llm, "generate", generate)
     rows = generator(make_batch(prompts, models)).to_pylist()
 
     assert [r[S.STATUS] for r in rows] == [S.OK] * 11 + [S.GENERATION_ERROR] + [S.OK] * 4

@@ -32,10 +32,10 @@ def fake_gpus():
 @pytest.fixture(scope="module")
 def routed(fake_gpus) -> list[str]:
     """The models the example's budget routes rows to, busiest first."""
-    from router.job.pipeline import plan_job
+    from router.job.plan import plan_job
 
     result, _ = plan_job(load_config(CONFIG, ["output=unused", "encoder.device=cpu"]))
-    rows = {r[S.MODEL]: r["ok_rows"] for r in result.by_model if r[S.MODEL] and r["ok_rows"]}
+    rows = {t.model: t.ok_rows for t in result.by_model if t.model and t.ok_rows}
     assert len(rows) >= 2, rows
     return sorted(rows, key=lambda m: -rows[m])
 
@@ -48,7 +48,7 @@ def two_pools(routed: list[str], weights_a: str, weights_b: str) -> list[str]:
 
 
 def test_router_plan_prints_the_schedule_it_would_run(routed):
-    from router.job.pipeline import plan_job
+    from router.job.plan import plan_job
     from router.report import format_summary
 
     base = ["output=unused", "encoder.device=cpu", "generation.standin=false", "generation.batch_size=8",
@@ -58,7 +58,7 @@ def test_router_plan_prints_the_schedule_it_would_run(routed):
     s = result.schedule
     assert s is not None and s.strategy == "in_turn" and s.gpus == 2
     assert sorted(p.name == routed[0] for p in s.placements) == [False, True]
-    rows = {r[S.MODEL]: r["ok_rows"] for r in result.by_model if r[S.MODEL]}
+    rows = {t.model: t.ok_rows for t in result.by_model if t.model}
     for p in s.placements:
         n = sum(rows.get(m, 0) for m in p.name.split(", "))
         assert p.replicas == min(2, -(-n // 8)) and p.gpus == p.replicas  # all GPUs, no more than its calls
@@ -67,7 +67,7 @@ def test_router_plan_prints_the_schedule_it_would_run(routed):
     assert "schedule: in turn on 2 GPUs" in text and "shared" in text
 
     # The same routed rows under other settings (the schedule does not change the routes).
-    from router.job.pipeline import schedule_pools
+    from router.job.engines import schedule_pools
 
     def schedule(*overrides):
         return schedule_pools(load_config(CONFIG, [*base, *overrides]), result.by_model)[1]
@@ -85,7 +85,7 @@ def test_router_plan_prints_the_schedule_it_would_run(routed):
 @pytest.mark.slow
 def test_router_run_follows_a_shared_schedule(routed, tmp_path):
     """Two engine pools, one GPU each, answering at the same time; every row once."""
-    from router.job.pipeline import run_job
+    from router.job.run import run_job
     from router.backends.standin import build_standin, default_standin_dir
 
     a = build_standin(default_standin_dir())
@@ -104,10 +104,10 @@ def test_router_run_follows_a_shared_schedule(routed, tmp_path):
     assert all(r[S.RESPONSE] is not None for r in answered)
     assert result.schedule.strategy == "shared"
     runs = result.generation
-    assert len(runs) == 2 and all(g["gpus"] == 1 and g["replicas"] == 1 for g in runs)
-    (s0, e0), (s1, e1) = [(g["start_s"], g["start_s"] + g["seconds"]) for g in runs]
+    assert len(runs) == 2 and all(g.gpus == 1 and g.replicas == 1 for g in runs)
+    (s0, e0), (s1, e1) = [(g.start_s, g.start_s + g.seconds) for g in runs]
     assert s0 < e1 and s1 < e0, runs  # both pools were answering at once
-    assert sum(g["rows"] for g in runs) == len(answered)
+    assert sum(g.rows for g in runs) == len(answered)
     assert {r[S.MODEL] for r in answered if r[S.MODEL] == routed[0]}, "the busiest model's pool answered nothing"
     report = json.loads((out / "_report.json").read_text())
     assert report["schedule"]["strategy"] == "shared" and len(report["generation"]) == 2

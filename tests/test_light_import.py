@@ -7,7 +7,7 @@ import pytest
 @pytest.mark.timeout(60)
 def test_import_router_loads_no_heavy_package():
     code = (
-        "import sys, router, router.cli, router.config, router.job.pipeline, router.backends.generators, router.backends.encoder;"
+        "import sys, router, router.cli, router.config, router.job.plan, router.job.run, router.report, router.backends.generators, router.backends.encoder;"
         "heavy = [m for m in ('torch', 'vllm', 'sentence_transformers', 'ray', 'transformers') if m in sys.modules];"
         "print(','.join(heavy))"
     )

@@ -46,7 +46,7 @@ def job(tmp_path_factory):
     inp.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     import ray
 
-    from router.job.pipeline import run_job
+    from router.job.run import run_job
 
     # file:// URIs: the same pyarrow filesystem path that s3:// and gs:// take.
     cfg = load_config(
@@ -69,13 +69,13 @@ def test_the_engine_started_while_the_prompts_were_encoded(job):
     # One engine pool (the stand-in): its engine was started before routing and answered every row.
     _, _, result, _, _, _ = job
     (run,) = result.generation
-    assert run["prestarted"] and run["replicas"] == 1 and run["engine_start_s"] > 0
-    assert 0 < run["engine_busy_share"] <= 1 and run["first_batch_after_s"] >= 0
+    assert run.prestarted and run.replicas == 1 and run.engine_start_s > 0
+    assert 0 < run.engine_busy_share <= 1 and run.first_batch_after_s >= 0
     from router.report import format_summary
 
     assert "engines started during encoding" in format_summary(job[0], result)
-    assert f"busy {run['engine_busy_share']:.0%} of the pass" in format_summary(job[0], result)
-    assert run["rows"] == len(PROMPTS) + 1
+    assert f"busy {run.engine_busy_share:.0%} of the pass" in format_summary(job[0], result)
+    assert run.rows == len(PROMPTS) + 1
 
 
 def test_bad_rows_get_a_status_and_no_generation(job):
@@ -118,7 +118,7 @@ def test_spend_stays_under_the_budget(job):
 
 def test_a_budget_below_the_cheapest_assignment_leaves_rows_over_budget(job):
     cfg, rows, _, _, _, _ = job
-    from router.job.pipeline import plan_job
+    from router.job.plan import plan_job
 
     small = load_config(CONFIG, [f"input={cfg.input}", "output=unused", "budget.total=0.00005", *SHORT_CONTEXT])
     result, assigned = plan_job(small)
@@ -134,16 +134,16 @@ def test_the_summary_sent_while_scoring_equals_a_separate_pass(job):
     """Pass 1 of the budget rides on the Scorer; it must be the summary a pass of its own gives,
     every row counted once, and give the same plan."""
     import numpy as np
-    import ray
 
-    from router.job.pipeline import _merged_summary, assign_rows, scored_dataset, solve_plan, summary_sink
+    from router.job.budget_passes import merged_summary, solve_plan, summary_sink
+    from router.job.plan import assign_rows, scored_dataset
 
     cfg = job[0]
     sink = summary_sink()
     scored = scored_dataset(cfg, sink)
-    sent = ray.get(sink.get.remote())
-    ray.kill(sink)
-    separate = _merged_summary(scored, allow_skip=False)
+    sent = sink.merged()
+    sink.close()
+    separate = merged_summary(scored, allow_skip=False)
     assert sent.n_rows == separate.n_rows == scored.count()
     assert sent.base_cost == pytest.approx(separate.base_cost, rel=1e-12)
     assert sent.min_cost == pytest.approx(separate.min_cost, rel=1e-12)
@@ -169,24 +169,27 @@ def test_small_jobs_route_in_the_driver_as_large_ones_do_through_ray(job, monkey
     import numpy as np
 
     from router import budget as B
-    from router.job import pipeline as P
+    from router.job import cluster
+    from router.job.budget_passes import solve_capped_plan, solve_group_plan, solve_plan
+    from router.job.plan import assign_rows, scored_dataset
+    from router.job.tally import tally
 
     cfg = job[0]
-    scored = P.scored_dataset(cfg)
-    assert P.small_job(scored)
+    scored = scored_dataset(cfg)
+    assert cluster.small_job(scored)
     caps = {0: B.ModelCap(max_rows=3, max_cost=None)}
 
     def everything():
-        plan, skip = P.solve_plan(scored, cfg.budget.total)
-        assigned = P.assign_rows(cfg, scored, plan, skip)
+        plan, skip = solve_plan(scored, cfg.budget.total)
+        assigned = assign_rows(cfg, scored, plan, skip)
         rows = sorted(assigned.select_columns([S.ID, S.MODEL, S.STATUS]).take_all(), key=lambda r: r[S.ID])
-        capped = P.solve_capped_plan(scored, cfg.budget.total, caps)[0]
-        group = P.solve_group_plan(scored, cfg.budget.total, "source", {})[0]
-        return plan, rows, P.tally(assigned), capped.prices, group.choice
+        capped = solve_capped_plan(scored, cfg.budget.total, caps)[0]
+        group = solve_group_plan(scored, cfg.budget.total, "source", {})[0]
+        return plan, rows, tally(assigned), capped.prices, group.choice
 
     small = everything()
-    monkeypatch.setattr(P, "SMALL_JOB_ROWS", 0)
-    assert not P.small_job(scored)
+    monkeypatch.setattr(cluster, "SMALL_JOB_ROWS", 0)
+    assert not cluster.small_job(scored)
     large = everything()
     assert small[0] == large[0]  # the budget plan: lambda*, tie key, predicted spend
     assert small[1] == large[1] and len(small[1]) == scored.count()
@@ -197,7 +200,7 @@ def test_small_jobs_route_in_the_driver_as_large_ones_do_through_ray(job, monkey
 
 
 def _planned(cfg, *overrides):
-    from router.job.pipeline import plan_job
+    from router.job.plan import plan_job
 
     small = load_config(CONFIG, [f"input={cfg.input}", "output=unused", *SHORT_CONTEXT, *overrides])
     result, assigned = plan_job(small)
@@ -262,12 +265,12 @@ def test_the_transformers_backend_runs_the_same_job(job, tmp_path):
     the same accounting (tokens, actual cost within the budget, one row per input row). Its engine
     starts when its rows are routed (generation.prestart=false), the other way engines run."""
     cfg, rows, _, _, _, _ = job
-    from router.job.pipeline import run_job
+    from router.job.run import run_job
 
     tf = load_config(CONFIG, [f"input={cfg.input}", f"output={tmp_path / 'out'}", "budget.total=0.0006",
                               "generation.backend=transformers", "generation.prestart=false", *SHORT_CONTEXT])  # fmt: skip
     result = run_job(tf)
-    assert not result.generation[0]["prestarted"]  # its engine started with its rows, in a Ray Data actor
+    assert not result.generation[0].prestarted  # its engine started with its rows, in a Ray Data actor
     out = pads.dataset(str(tmp_path / "out"), format="parquet").to_table().to_pylist()
     assert sorted(r[S.ID] for r in out) == sorted(r["id"] for r in rows) and result.n_rows == len(rows)
     answered = [r for r in out if r[S.STATUS] == S.OK]
@@ -285,14 +288,15 @@ def test_a_large_job_takes_the_ray_data_passes_and_routes_the_same(job, tmp_path
     """Over SMALL_JOB_ROWS a job routes through Ray Data passes and feeds its started engines
     through feeder actors (EngineFeeder) instead of the driver: the same rows must come out once
     each, on the same models. (The transformers backend: a quicker engine start.)"""
-    from router.job import pipeline as P
+    from router.job import cluster
+    from router.job.run import run_job
 
     cfg, rows, _, by_id, _, _ = job
-    monkeypatch.setattr(P, "SMALL_JOB_ROWS", 0)
+    monkeypatch.setattr(cluster, "SMALL_JOB_ROWS", 0)
     big = load_config(CONFIG, [f"input={cfg.input}", f"output={tmp_path / 'out'}", "budget.total=0.0006",
                                "generation.backend=transformers", *SHORT_CONTEXT])  # fmt: skip
-    result = P.run_job(big)
-    assert result.generation[0]["prestarted"] and 0 < result.generation[0]["engine_busy_share"] <= 1
+    result = run_job(big)
+    assert result.generation[0].prestarted and 0 < result.generation[0].engine_busy_share <= 1
     out = pads.dataset(str(tmp_path / "out"), format="parquet").to_table().to_pylist()
     assert sorted(r[S.ID] for r in out) == sorted(r["id"] for r in rows) and result.n_rows == len(rows)
     assert {r[S.ID]: r[S.MODEL] for r in out} == {i: r[S.MODEL] for i, r in by_id.items()}

@@ -1,10 +1,11 @@
-"""Which engines start while the prompts are encoded (`router.job.pipeline.prestart_plan`): the one
+"""Which engines start while the prompts are encoded (`router.job.prestart.prestart_plan`): the one
 local engine pool of a job, on as many replicas as it would get, never GPUs the encoders need."""
 
 import pytest
 
 from router.config import load_config
-from router.job.pipeline import engine_groups, prestart_plan, standin_weights
+from router.job.engines import engine_groups, standin_weights
+from router.job.prestart import prestart_plan
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -26,10 +27,10 @@ def only(*keep: str) -> list[str]:
 
 def test_the_stand_in_engine_starts_early_on_its_configured_replicas():
     c = cfg("models.qwen2.5-7b-instruct.replicas=2")
-    engine, members, replicas, on_gpu = prestart_plan(c, gpus=0)
-    assert [m.name for m in members] == MODELS and replicas == 2 and not on_gpu
+    pool = prestart_plan(c, gpus=0)
+    assert [m.name for m in pool.members] == MODELS and pool.replicas == 2 and not pool.on_gpu
     # The engine the pool will run on once its rows are routed, the stand-in built.
-    assert engine in engine_groups(c, standin_weights(c)[0])
+    assert pool.engine in engine_groups(c, standin_weights(c)[0])
 
 
 def test_nothing_starts_early_with_several_local_pools_or_when_turned_off():
@@ -40,16 +41,16 @@ def test_nothing_starts_early_with_several_local_pools_or_when_turned_off():
 
 def test_one_local_model_beside_endpoints_starts_early():
     keep = MODELS[0]
-    engine, members, replicas, _ = prestart_plan(cfg(*REAL, *only(keep)), gpus=0)
-    assert [m.name for m in members] == [keep] and engine.backend == "vllm" and replicas == 1
+    pool = prestart_plan(cfg(*REAL, *only(keep)), gpus=0)
+    assert [m.name for m in pool.members] == [keep] and pool.engine.backend == "vllm" and pool.replicas == 1
 
 
 def test_on_gpus_the_engines_take_what_the_encoders_leave():
     keep = MODELS[0]
     gpu = [*REAL, *only(keep), "generation.device=cuda", f"models.{keep}.tensor_parallel=2"]
-    _, _, replicas, on_gpu = prestart_plan(cfg(*gpu, "encoder.device=cuda", "encoder.replicas=1"), gpus=8)
-    assert on_gpu and replicas == 3  # (8 - 1 encoder GPU) // 2
-    assert prestart_plan(cfg(*gpu, "encoder.device=cpu"), gpus=8)[2] == 4
-    assert prestart_plan(cfg(*gpu, "encoder.device=cpu", "generation.gpus=4"), gpus=8)[2] == 2
+    pool = prestart_plan(cfg(*gpu, "encoder.device=cuda", "encoder.replicas=1"), gpus=8)
+    assert pool.on_gpu and pool.replicas == 3  # (8 - 1 encoder GPU) // 2
+    assert prestart_plan(cfg(*gpu, "encoder.device=cpu"), gpus=8).replicas == 4
+    assert prestart_plan(cfg(*gpu, "encoder.device=cpu", "generation.gpus=4"), gpus=8).replicas == 2
     # One GPU, and the encoder holds it: the engine starts after routing, as without prestart.
     assert prestart_plan(cfg(*gpu, "encoder.device=cuda", f"models.{keep}.tensor_parallel=1"), gpus=1) is None

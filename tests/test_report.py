@@ -17,8 +17,11 @@ from conftest import run_cli
 from router import budget as B
 from router import schema as S
 from router.config import load_config
-from router.job.pipeline import Phase, RunResult, finalize
-from router.report import format_summary, predicted_frontier, report_folder, write_report
+from router.job.frontier import predicted_frontier
+from router.job.output import finalize
+from router.job.result import Phase, RunResult, write_report
+from router.job.tally import ModelTally
+from router.report import format_summary, report_folder
 
 CONFIG = "jobs/configs/local.yaml"
 PICTURES = ("spend_and_rows_by_model.png", "frontier.png", "capabilities_and_domains.png", "plan_vs_actual.png")
@@ -226,8 +229,8 @@ def test_frontier_rises_with_spend_and_passes_through_the_budget():
 def test_terminal_summary_shows_models_totals_and_phases(finished):
     cfg, out, rows = finished
     by_model = [
-        {S.MODEL: m, "count_all": e["rows"], f"{S.PREDICTED_COST}_sum": e["pred"], f"{S.ACTUAL_COST}_sum": e["act"],
-         f"{S.INPUT_TOKENS}_sum": e["in"], f"{S.OUTPUT_TOKENS}_sum": e["out"], f"{S.PREDICTED_QUALITY}_sum": e["q"]}
+        ModelTally(m, rows=e["rows"], predicted_cost=e["pred"], actual_cost=e["act"], input_tokens=e["in"],
+                   output_tokens=e["out"], predicted_quality=e["q"])
         for m, e in _expected_by_model(rows).items()
     ]  # fmt: skip
     result = RunResult(output=str(out), n_rows=120, plan=B.BudgetPlan(0.5, None, 0.0019), budget=0.002,

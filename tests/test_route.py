@@ -10,7 +10,7 @@ from router import budget as B
 from router import schema as S
 from router.config import load_config
 from router.backends.encoder import embeddings_to_arrow
-from router.job.pipeline import _collect_rows
+from router.job.budget_passes import collect_rows
 from router.stages.route import Assigner, PoolArrays, Scorer, budget_matrices, keys_of
 
 pytestmark = pytest.mark.timeout(120)
@@ -52,7 +52,7 @@ def test_kept_hulls_route_slices_as_walking_does(scored, fraction):
     for a, b in [(0, t.num_rows), (0, 1000), (1000, 2500), (2500, t.num_rows), (17, 18), (40, 40)]:
         part, bare = t.slice(a, b - a), walked.slice(a, b - a)
         bin = B.critical_bin(B.summarize(q, c), budget)
-        kept, again = _collect_rows(part, bin, False), _collect_rows(bare, bin, False)
+        kept, again = collect_rows(part, bin, False), collect_rows(bare, bin, False)
         assert kept.sort_by("key").equals(again.sort_by("key"))
         for tie_key in (plan.tie_key, None, "r01000"):
             at = B.BudgetPlan(plan.lam, tie_key, plan.predicted_cost)

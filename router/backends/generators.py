@@ -362,10 +362,15 @@ class VLLMGenerator(Generator):
         self._sampling_params_cls = vllm.SamplingParams
         try:
             self._llm = vllm.LLM(**kwargs)
-        except Exception as exc:  # the job reports it in one line (pipeline.generate_and_write)
+        except Exception as exc:  # the job reports it in one line (router.job.engines.engine_failure)
             raise EngineStartError(weights, _one_line(exc)[:2000]) from exc
         self._tokenizer = self._llm.get_tokenizer()
         self._max_model_len: int = self._llm.llm_engine.model_config.max_model_len
+
+    @property
+    def llm(self):
+        """The `vllm.LLM` engine this stage answers with."""
+        return self._llm
 
     def close(self) -> None:
         """Stop the engine's worker processes now rather than when the object is collected."""

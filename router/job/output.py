@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +76,27 @@ class Prior:
 
     def spend_of(self, models: list[str]) -> float:
         return sum(self.spend_by_model.get(m, 0.0) for m in models)
+
+
+@dataclass(frozen=True)
+class Committed:
+    """What committed shards hold (`commit_shard`'s one-row results, added up)."""
+
+    rows: int = 0
+    spend: float = 0.0
+    """Actual spend, USD."""
+    errors: int = 0
+    """Rows with status generation_error."""
+    tokens: int = 0
+    """Prompt plus answer tokens."""
+
+    @classmethod
+    def total(cls, parts: Iterable[Mapping[str, Any]]) -> Committed:
+        rows, spend, errors, tokens = 0, 0.0, 0, 0
+        for part in parts:
+            rows, spend = rows + part["rows"], spend + part["spend"]
+            errors, tokens = errors + part["errors"], tokens + part["tokens"]
+        return cls(rows, spend, errors, tokens)
 
 
 def committed_files(output: str) -> list[str]:
@@ -203,6 +225,23 @@ def clear_tmp(output: str) -> None:
         fs.delete_dir(f"{path}/{TMP}")
 
 
+def finalize(batch: pa.Table, text_column: str) -> pa.Table:
+    """The output's columns and types, whatever the row's fate: one schema across every file."""
+    n = batch.num_rows
+    types = {
+        S.RESPONSE: pa.string(), S.INPUT_TOKENS: pa.int64(), S.OUTPUT_TOKENS: pa.int64(),
+        S.ACTUAL_COST: pa.float64(), S.FINISH_REASON: pa.string(), S.GENERATION_SECONDS: pa.float64(),
+    }  # fmt: skip
+    for name, t in types.items():
+        if name not in batch.column_names:
+            batch = batch.append_column(name, pa.nulls(n, t))
+    batch = batch.drop_columns([c for c in (S.EST_INPUT_TOKENS,) if c in batch.column_names])
+    batch = batch.rename_columns([text_column if c == S.PROMPT else c for c in batch.column_names])
+    first = [S.ID, text_column]
+    ordered = first + [c for c in batch.column_names if c not in first and c not in S.OUTPUT_COLUMNS]
+    return batch.select(ordered + list(S.OUTPUT_COLUMNS))
+
+
 # After raising a fence, the driver waits this long for shards that passed it to land.
 FENCE_GRACE_S = 5.0
 
@@ -244,3 +283,20 @@ def raise_fence(output: str, fence: str) -> None:
     with fs.open_output_stream(f"{path}/{TMP}/{fence}") as f:
         f.write(b"")
     time.sleep(FENCE_GRACE_S)  # a shard that passed the check before the fence was up lands meanwhile
+
+
+def written_rows_and_tokens(output: str, models: list[str], resumed: Prior | None) -> tuple[int, int]:
+    """Rows, and their prompt plus answer tokens, committed for these models in this run (earlier
+    runs' left out)."""
+    import pyarrow.dataset as pads
+
+    files = committed_files(output)
+    if not files:
+        return 0, 0
+    t = pads.dataset(files, filesystem=_fs(output)[0], format="parquet").to_table(
+        columns=[S.ID, S.MODEL, S.INPUT_TOKENS, S.OUTPUT_TOKENS],
+        filter=pads.field(S.MODEL).isin(models),
+    )
+    if resumed is not None:
+        t = t.filter(pc.invert(pc.is_in(t[S.ID].cast(pa.string()), resumed.ids)))
+    return t.num_rows, int((pc.sum(t[S.INPUT_TOKENS]).as_py() or 0) + (pc.sum(t[S.OUTPUT_TOKENS]).as_py() or 0))

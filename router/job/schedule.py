@@ -1,6 +1,6 @@
 """Placing engine pools on a cluster's GPUs: models in turn on all GPUs, or GPUs shared out.
 
-After routing, each engine pool (one set of weights; see `pipeline.engine_groups`) has a
+After routing, each engine pool (one set of weights; see `router.job.engines`) has a
 predicted token load: its rows' predicted prompt tokens plus their planned answers. One replica of
 it takes `tensor_parallel` GPUs, processes about `tokens_per_s` tokens a second and needs `load_s`
 seconds to start (weights loaded, engine warmed up). With G GPUs there are two ways to run the pool:

@@ -89,10 +89,12 @@ class Scorer:
     and domains. Sets `too_long` on rows no model's context can hold. Drops the embedding.
 
     It also walks every row's price hull once (`router.budget.summarize_hulls`): the budget's
-    first pass (the summary, sent to `summary_sink` when one is given) and the hull itself, kept
-    as a column so that the critical-bin pass and the Assigner read it instead of walking again."""
+    first pass (the summary, handed with its batch to `summary_sink` when one is given: the job's
+    `router.job.budget_passes.SummarySink`) and the hull itself, kept as a column so that the
+    critical-bin pass and the Assigner read it instead of walking again."""
 
-    def __init__(self, profiles: str, pool: PoolArrays, task_column: str | None = None, summary_sink=None):
+    def __init__(self, profiles: str, pool: PoolArrays, task_column: str | None = None,
+                 summary_sink: Callable[[pa.Table, B.BudgetSummary], None] | None = None):
         self.profiles: Profiles = load_profiles(profiles).select(pool.models)
         self.pool = pool
         self.task_column = task_column
@@ -133,11 +135,7 @@ class Scorer:
         # numbers the later passes read back (`budget_matrices`).
         summary, hulls = B.summarize_hulls(quality, cost32)
         if self.summary_sink is not None:
-            import ray
-
-            ids = batch[S.ID]
-            key = f"{ids[0]}\0{ids[-1]}\0{batch.num_rows}" if batch.num_rows else ""  # a retried batch counts once
-            ray.get(self.summary_sink.add.remote(key, summary))
+            self.summary_sink(batch, summary)
         out = batch.drop_columns([S.EMBEDDING, S.STATUS])
         return (
             out.append_column(S.STATUS, status)

@@ -1,0 +1,195 @@
+"""The engines a job runs: which pool models share one (an engine pool), what each loads (the
+stand-in, or the model's weights), how many replicas each pool gets and in what order (the GPU
+schedule, from the routed rows' load), each engine's settings and Ray resources, and what to tell
+the user when engines fail to start or die."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from router.config import JobConfig, JobFailed, ModelSpec
+from router.job.cluster import gpus_available, wants_gpus
+from router.job.schedule import PoolLoad, Schedule, ScheduleError, plan_schedule
+from router.job.tally import ModelTally
+
+
+@dataclass(frozen=True)
+class Engine:
+    """What one engine pool is: pool models sharing it differ only in sampling settings and prices."""
+
+    backend: str
+    weights: str
+    """What the engine loads (a Hugging Face id or a path), or the model's name at an endpoint."""
+    tensor_parallel: int
+    base_url: str | None = None
+    api_key_env: str | None = None
+
+
+@dataclass(frozen=True)
+class EnginePool:
+    """One engine pool to run: what it loads, the pool models it serves, how many replicas."""
+
+    engine: Engine
+    members: tuple[ModelSpec, ...]
+    replicas: int
+    on_gpu: bool
+
+    @property
+    def names(self) -> list[str]:
+        return [m.name for m in self.members]
+
+    @property
+    def label(self) -> str:
+        return ", ".join(self.names)
+
+
+def engine_groups(cfg: JobConfig, weights_of: Callable[[ModelSpec], str]) -> dict[Engine, list[ModelSpec]]:
+    """Pool models that share an engine (backend, weights, parallelism, endpoint) share one engine
+    pool. The stand-in is one tiny model: it never needs tensor parallelism."""
+    groups: dict[Engine, list[ModelSpec]] = {}
+    for m in cfg.models:
+        backend = cfg.backend_of(m)
+        if backend == "openai":
+            engine = Engine(backend, m.weights, 1, m.base_url or cfg.generation.base_url,
+                            m.api_key_env or cfg.generation.api_key_env)  # fmt: skip
+        else:
+            tp = 1 if cfg.generation.standin or backend == "transformers" else m.tensor_parallel
+            engine = Engine(backend, weights_of(m), tp)
+        groups.setdefault(engine, []).append(m)
+    return groups
+
+
+def standin_weights(cfg: JobConfig, build: bool = True) -> tuple[Callable[[ModelSpec], str], int | None]:
+    """What each model's engine loads, and the longest context those weights allow (None: config).
+    `build=False`: only where the stand-in would be (enough to tell which models share an engine)."""
+    if not cfg.generation.standin:
+        return (lambda m: m.weights), None
+    import json
+
+    from router.backends.standin import build_standin, default_standin_dir
+
+    if not build:
+        path = default_standin_dir()
+        return (lambda m: m.weights if cfg.backend_of(m) == "openai" else str(path)), None
+    path = build_standin(default_standin_dir())
+    positions = int(json.loads((path / "config.json").read_text())["max_position_embeddings"])
+    # A model behind an endpoint is whatever the endpoint serves: nothing to stand in for.
+    return (lambda m: m.weights if cfg.backend_of(m) == "openai" else str(path)), positions
+
+
+def pool_loads(cfg: JobConfig, groups: dict[Engine, list[ModelSpec]], by_model: list[ModelTally]) -> dict[Engine, PoolLoad]:
+    """Each engine pool's predicted token load, from the routed rows' tally: prompt tokens from their
+    UTF-8 length (as the `expected` budget mode counts them) plus each model's planned answer."""
+    from router.cost import CHARS_PER_TOKEN, TEMPLATE_TOKENS, planned_output_tokens
+
+    tallied = {t.model: t for t in by_model if t.model is not None}
+    loads = {}
+    for engine, members in groups.items():
+        tokens, rows = 0.0, 0
+        for m in members:
+            t = tallied.get(m.name, ModelTally(m.name))
+            n = int(t.ok_rows)
+            answer = planned_output_tokens(m.expected_output_tokens, cfg.budget.default_output_tokens, m.max_tokens)
+            tokens += (t.ok_prompt_bytes or 0) / CHARS_PER_TOKEN + n * (TEMPLATE_TOKENS + answer)
+            rows += n
+        if rows == 0:
+            continue
+        rate = min(m.tokens_per_s or cfg.generation.tokens_per_s for m in members)
+        load_s = max(cfg.generation.load_s if m.load_s is None else m.load_s for m in members)
+        loads[engine] = PoolLoad(", ".join(m.name for m in members), engine.tensor_parallel, tokens, rate, load_s,
+                                 max_replicas=max(1, math.ceil(rows / cfg.generation.batch_size)))  # fmt: skip
+    return loads
+
+
+def schedule_pools(cfg: JobConfig, by_model: list[ModelTally], build: bool = True) -> tuple[list[EnginePool], Schedule | None]:
+    """The engine pools with rows to answer, in the order and replica counts they run with, and the
+    GPU schedule (None when no vLLM engine runs on GPUs, or the GPUs to plan for are unknown).
+    `build=False` (planning only): the stand-in is not built."""
+    weights_of, _ = standin_weights(cfg, build)
+    groups = engine_groups(cfg, weights_of)
+    loads = pool_loads(cfg, groups, by_model)
+    on_gpu = wants_gpus(cfg.generation.device)
+    gpu_engines = [e for e in loads if on_gpu and e.backend == "vllm"]
+    gpus = cfg.generation.gpus or int(gpus_available())
+    schedule = None
+    if gpu_engines and gpus > 0:
+        try:
+            schedule = plan_schedule([loads[e] for e in gpu_engines], gpus, cfg.generation.schedule)
+        except ScheduleError as e:
+            raise JobFailed(f"GPU schedule: {e}; lower models.NAME.tensor_parallel or add GPUs "
+                            "(generation.gpus for an autoscaling cluster)") from None  # fmt: skip
+    pools = []
+    for engine, members in groups.items():
+        if engine not in loads:
+            continue
+        gpu = engine in gpu_engines
+        replicas = schedule.replicas(loads[engine].name) if gpu and schedule is not None else max(m.replicas for m in members)
+        pools.append(EnginePool(engine, tuple(members), replicas, gpu))
+    return pools, schedule
+
+
+def engine_settings(cfg: JobConfig, engine: Engine, members: Sequence[ModelSpec], on_gpu: bool,
+                    context_limit: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The generator's constructor arguments for one engine pool, and the Ray resources of each of
+    its engine actors."""
+    settings = {
+        m.name: dict(max_tokens=m.max_tokens, temperature=m.temperature, top_p=m.top_p,
+                     input_price=m.input_price, output_price=m.output_price)
+        for m in members
+    }  # fmt: skip
+    max_len = min(m.max_context for m in members)
+    if context_limit is not None:
+        max_len = min(max_len, context_limit)
+    dtype = "float32" if cfg.generation.standin else cfg.generation.dtype
+    tp = engine.tensor_parallel
+    kwargs: dict[str, Any] = dict(weights=engine.weights, models=settings, max_model_len=max_len)
+    if engine.backend == "openai":  # an HTTP client with requests in flight: no GPU, little CPU
+        kwargs.update(base_url=engine.base_url, api_key_env=engine.api_key_env,
+                      concurrency=cfg.generation.concurrency)  # fmt: skip
+        return kwargs, dict(num_gpus=0, num_cpus=0.25)
+    kwargs.update(tensor_parallel_size=tp, dtype=dtype)
+    if engine.backend == "vllm":
+        in_process = cfg.generation.in_process
+        kwargs["in_process"] = (not on_gpu and tp == 1) if in_process is None else in_process
+    return kwargs, dict(num_gpus=tp if on_gpu else 0, num_cpus=1)  # transformers: CPUs only
+
+
+def engine_restarts(retries: int) -> dict[str, Any]:
+    """Ray options of each engine actor: a dead engine is replaced and its batch retried, a bounded
+    number of times (generation.engine_retries; Ray Data's default is forever)."""
+    return {"max_restarts": retries, "max_task_retries": retries}
+
+
+def engine_failure(error: Exception, names: list[str], weights: str, timeout: float) -> JobFailed | None:
+    """The one-line reason an engine pool failed, if it failed to start (else None: not ours to explain).
+    Ray wraps the engine's own error in its actor-death errors, so it is found in the text."""
+    import re
+
+    from router.backends.generators import EngineStartError
+
+    text = str(error)
+    found = re.search(rf"the \w+ engine for .*? {EngineStartError.MARK}: [^\n]*", text)
+    which = f"generate {', '.join(names)}"
+    if found:
+        return JobFailed(f"{which}: {found.group(0)}")
+    if "Timed out while starting actors" in text:
+        return JobFailed(
+            f"{which}: the engine(s) for {weights!r} did not start within {timeout:g} s "
+            "(generation.start_timeout_s): the cluster may not have the GPUs, CPUs or memory they ask for"
+        )
+    return None
+
+
+def engine_died(error: Exception) -> bool:
+    """Whether a generation pass failed because its engine actors died (after Ray's retries)."""
+    import ray
+
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, ray.exceptions.RayActorError):
+            return True
+        cause = cause.__cause__
+    return "actor died" in str(error).lower()

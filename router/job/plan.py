@@ -1,0 +1,120 @@
+"""Routing a job: the rows' plan under the budget (`router plan` stops here; `router run` goes on
+to answer).
+
+    read -> validate -> encode -> score & cost  (one streaming pass, materialised: N x M floats;
+                                                 the budget's pass 1 rides on scoring)
+    the budget's solve (router.job.budget_passes) -> the frontier's sample -> assign -> tally
+"""
+
+from __future__ import annotations
+
+import time
+
+import pyarrow as pa
+
+from router.config import JobConfig
+from router.job import build
+from router.job.budget_passes import SummarySink, group_source, model_caps, solve_route, summary_sink
+from router.job.cluster import driver_batches, init_ray, log, small_job, wants_gpus
+from router.job.engines import schedule_pools
+from router.job.frontier import sampled_frontier
+from router.job.result import Phase, RunResult
+from router.job.tally import ModelTally, tally
+from router.job.validate import validate_job
+from router.method.profiles import load_profiles
+from router.stages.read import plan_read, units_as_items
+from router.stages.route import RoutePlan
+
+
+def scored_dataset(cfg: JobConfig, summary_sink: SummarySink | None = None, skip_ids: pa.Array | None = None):
+    """read -> validate -> encode -> score & cost, materialised once (the text is never re-encoded).
+    With a `summary_sink`, the Scorer sends it the budget summary of every batch; rows whose id is
+    in `skip_ids` (written by an earlier run of the job) are left out as they are read."""
+    import ray
+
+    units, _ = plan_read(cfg.input, cfg.text_column, cfg.id_column)
+    # Embed what the profiles were built from: the same part of a long prompt.
+    window = load_profiles(cfg.profiles).meta.get("window", "head")
+    on_gpu = wants_gpus(cfg.encoder.device)
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    encode = build.encode(cfg, window, on_gpu)
+    tokenize = build.tokenize(cfg, window, cpus) if build.tokenizes_apart(cfg, on_gpu) else None
+    ds = ray.data.from_items(units_as_items(units), override_num_blocks=len(units))
+    ds = build.read(cfg, skip_ids, fused_with=tokenize or encode).apply(ds)
+    if tokenize is not None:
+        ds = tokenize.apply(ds)
+    ds = encode.apply(ds)
+    ds = build.score(cfg, cpus, summary_sink).apply(ds)
+    return ds.materialize()
+
+
+def assign_rows(cfg: JobConfig, scored, plan: RoutePlan, allow_skip: bool):
+    """The scored rows with their model under the plan (`Assigner`), materialised: in the driver
+    for a small job (`small_job`), else as a Ray Data pass."""
+    import ray
+
+    assign = build.assign(cfg, plan, allow_skip, group_source(cfg))
+    if scored.count() and small_job(scored):
+        assigner = assign.instance()
+        # from_blocks reads the blocks' metadata here (from_arrow starts a task for it).
+        return ray.data.from_blocks([assigner(b) for b in driver_batches(scored)])
+    return assign.apply(scored).materialize()
+
+
+def check_caps(cfg: JobConfig, by_model: list[ModelTally]) -> None:
+    """Say so if the routed rows break a cap (possible only if ids repeat: rows sharing an id move together)."""
+    for m in cfg.models:
+        t = next((t for t in by_model if t.model == m.name), None)
+        if t is None:
+            continue
+        rows, spend = t.rows, t.predicted_cost or 0.0
+        over_spend = m.max_spend is not None and spend > m.max_spend * (1 + 1e-9)
+        if (m.max_rows is not None and rows > m.max_rows) or over_spend:
+            log(f"warning: model {m.name} got {rows} rows, {spend:.6g} USD predicted, over its cap "
+                f"(max_rows {m.max_rows}, max_spend {m.max_spend}); ids in the input repeat?")  # fmt: skip
+
+
+def encode_and_route(cfg: JobConfig, result: RunResult, skip_ids: pa.Array | None = None):
+    """Encode, score and solve the budget; returns the assigned dataset (materialised) and records
+    the plan, the frontier, the phases and what each model got in `result`."""
+    t0 = time.perf_counter()
+    sink = summary_sink()
+    scored = scored_dataset(cfg, sink, skip_ids)
+    n = scored.count()
+    result.n_rows = n
+    result.phases.append(Phase("read+encode+score", n, time.perf_counter() - t0))
+    log(f"encoded and scored {n} rows in {result.phases[-1].seconds:.1f}s ({result.phases[-1].rows_per_s:.0f} rows/s)")
+    t0 = time.perf_counter()
+    summary = sink.merged()
+    sink.close()
+    plan, allow_skip = solve_route(cfg, scored, n, summary)
+    result.plan, result.allow_skip = plan, allow_skip
+    result.phases.append(Phase("budget solve", n, time.perf_counter() - t0))
+    log(f"budget {cfg.budget.total:.6g} USD: lambda*={plan.lam:.6g}, predicted spend {plan.predicted_cost:.6g} USD "
+        f"({result.phases[-1].seconds:.1f}s)")  # fmt: skip
+    t0 = time.perf_counter()
+    result.frontier = sampled_frontier(scored, n, cfg.budget.total)
+    if result.frontier is not None:
+        k = result.frontier["sample_rows"]
+        result.phases.append(Phase(f"frontier (sample of {k} rows)", k, time.perf_counter() - t0))
+        log(f"frontier: {len(result.frontier['points'])} budgets solved on {k} of {n} rows "
+            f"({result.phases[-1].seconds:.1f}s)")  # fmt: skip
+    t0 = time.perf_counter()
+    assigned = assign_rows(cfg, scored, plan, allow_skip)
+    result.phases.append(Phase("assign", n, time.perf_counter() - t0))
+    log(f"assigned {n} rows in {result.phases[-1].seconds:.1f}s ({result.phases[-1].rows_per_s:.0f} rows/s)")
+    # What each model got: the caps' check, the GPU schedule's loads and `router plan`'s summary.
+    result.by_model, result.by_status = tally(assigned)
+    if model_caps(cfg):
+        check_caps(cfg, result.by_model)
+    return assigned
+
+
+def plan_job(cfg: JobConfig) -> tuple[RunResult, object]:
+    """Route only: the assignment and predicted spend. Returns the result and the assigned dataset."""
+    validate_job(cfg)
+    init_ray(cfg)
+    result = RunResult(output=None, n_rows=0, plan=None, budget=cfg.budget.total, allow_skip=False)
+    assigned = encode_and_route(cfg, result)
+    _, result.schedule = schedule_pools(cfg, result.by_model, build=False)
+    return result, assigned
