@@ -331,8 +331,12 @@ class VLLMGenerator(Generator):
         tensor_parallel_size: int = 1,
         dtype: str = "auto",
         in_process: bool | None = None,
+        enforce_eager: bool | None = None,
         engine_kwargs: dict | None = None,
     ) -> None:
+        """`enforce_eager` None: eager on vLLM's CPU build (which has no CUDA graphs; not eager, it
+        compiles the model with inductor at start), CUDA graphs on a GPU. `engine_kwargs`: more of
+        `vllm.LLM`'s keyword arguments, passed as they are."""
         super().__init__(models)
 
         # Without this vLLM's CPU backend reserves most of the machine's memory for KV cache.
@@ -348,7 +352,7 @@ class VLLMGenerator(Generator):
             "tensor_parallel_size": tensor_parallel_size,
             "dtype": dtype,
             "max_model_len": max_model_len,
-            "enforce_eager": True,
+            "enforce_eager": current_platform.is_cpu() if enforce_eager is None else enforce_eager,
         }
         if in_process is None:
             in_process = current_platform.is_cpu() and tensor_parallel_size == 1

@@ -868,6 +868,7 @@ def engine_settings(cfg: JobConfig, engine: Engine, members: Sequence[ModelSpec]
     if engine.backend == "vllm":
         in_process = cfg.generation.in_process
         kwargs["in_process"] = (not on_gpu and tp == 1) if in_process is None else in_process
+        kwargs.update(enforce_eager=cfg.generation.enforce_eager, engine_kwargs=cfg.generation.vllm_engine_args())
     return kwargs, dict(num_gpus=tp if on_gpu else 0, num_cpus=1)  # transformers: CPUs only
 
 
