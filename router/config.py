@@ -44,6 +44,24 @@ def _positive_int(value: Any, what: str) -> int:
     return int(value)
 
 
+def checked_sampling(where: str, **settings: Any) -> dict[str, Any]:
+    """A model's answer length, sampling settings and prices (any of max_tokens, input_price,
+    output_price, temperature, top_p), checked and normalised; `where` names the model in errors
+    (`models.NAME`). The one set of rules, for a job's models and for a generator used on its own."""
+    out = dict(settings)
+    if "max_tokens" in out:
+        out["max_tokens"] = _positive_int(out["max_tokens"], f"{where}.max_tokens")
+    for name in ("input_price", "output_price", "temperature"):
+        if name in out:
+            out[name] = _finite_nonneg(out[name], f"{where}.{name}")
+    if "top_p" in out:
+        top_p = _finite_nonneg(out["top_p"], f"{where}.top_p")
+        if not 0 < top_p <= 1:
+            raise ConfigError(f"{where}.top_p must be in (0, 1], got {top_p}")
+        out["top_p"] = top_p
+    return out
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One model of the pool."""
@@ -93,9 +111,11 @@ class ModelSpec:
             raise ConfigError("every model needs a non-empty `name`")
         if not self.weights:
             raise ConfigError(f"model {self.name}: `weights` (a Hugging Face id or a path) is required")
-        object.__setattr__(self, "input_price", _finite_nonneg(self.input_price, f"models.{self.name}.input_price"))
-        object.__setattr__(self, "output_price", _finite_nonneg(self.output_price, f"models.{self.name}.output_price"))
-        for name in ("max_context", "tensor_parallel", "replicas", "max_tokens"):
+        sampling = ("max_tokens", "input_price", "output_price", "temperature", "top_p")
+        checked = checked_sampling(f"models.{self.name}", **{name: getattr(self, name) for name in sampling})
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+        for name in ("max_context", "tensor_parallel", "replicas"):
             object.__setattr__(self, name, _positive_int(getattr(self, name), f"models.{self.name}.{name}"))
         if self.expected_output_tokens is not None:
             object.__setattr__(
@@ -114,15 +134,10 @@ class ModelSpec:
             raise ConfigError(
                 f"models.{self.name}.backend must be one of {', '.join(GENERATION_BACKENDS)}, got {self.backend!r}"
             )
-        object.__setattr__(self, "temperature", _finite_nonneg(self.temperature, f"models.{self.name}.temperature"))
         if self.tokens_per_s is not None:
             object.__setattr__(self, "tokens_per_s", _positive_float(self.tokens_per_s, f"models.{self.name}.tokens_per_s"))
         if self.load_s is not None:
             object.__setattr__(self, "load_s", _finite_nonneg(self.load_s, f"models.{self.name}.load_s"))
-        top_p = _finite_nonneg(self.top_p, f"models.{self.name}.top_p")
-        if not 0 < top_p <= 1:
-            raise ConfigError(f"models.{self.name}.top_p must be in (0, 1], got {top_p}")
-        object.__setattr__(self, "top_p", top_p)
 
 
 ENCODER_BACKENDS = ("auto", "torch", "onnx", "sentence-transformers")

@@ -1,9 +1,11 @@
-"""What each engine pool's generator is built with (`router.job.pipeline.engine_settings`): the
-config's vLLM engine settings reach vLLM engines only; the other backends never see them."""
+"""What each engine pool's generator is built with (`router.job.pipeline.engine_settings`): its
+pool models as the config validated them, and the config's vLLM engine settings, which reach vLLM
+engines only (the other backends never see them)."""
 
 import pytest
 
-from router.config import GenerationSpec, load_config
+from router.backends.generators import ModelSettings
+from router.config import ConfigError, GenerationSpec, load_config
 from router.job.pipeline import engine_groups, engine_settings
 
 pytestmark = pytest.mark.timeout(60)
@@ -39,3 +41,17 @@ def test_the_configs_engine_settings_reach_vllm():
 def test_other_backends_get_no_vllm_settings(backend):
     kwargs = settings_of(*backend, "generation.enforce_eager=false", "generation.max_num_batched_tokens=8192")
     assert not VLLM_ONLY & set(kwargs), kwargs
+
+
+def test_pool_models_reach_the_generator_as_the_config_checked_them():
+    name = "qwen2.5-7b-instruct"  # the first engine pool's
+    m = settings_of(f"models.{name}.temperature=0.7", f"models.{name}.max_tokens=12")["models"][name]
+    assert isinstance(m, ModelSettings) and (m.temperature, m.max_tokens, m.input_price) == (0.7, 12, 0.20)
+
+
+def test_settings_given_as_a_mapping_are_checked_by_the_configs_rules():
+    # A generator used on its own (a benchmark, the annotator) gets the job config's message.
+    with pytest.raises(ConfigError, match=r"models\.m\.top_p must be in \(0, 1\]"):
+        ModelSettings.from_dict("m", {"max_tokens": 8, "input_price": 1, "output_price": 1, "top_p": 0})
+    with pytest.raises(ConfigError, match=r"models\.m\.input_price must be a finite number >= 0"):
+        ModelSettings.from_dict("m", {"max_tokens": 8, "input_price": float("inf"), "output_price": 1})
