@@ -171,9 +171,9 @@ def poisson_ridge(x: np.ndarray, y: np.ndarray, kappa: float) -> tuple[float, np
         return float((y * eta - np.exp(eta)).sum() - 0.5 * kappa * (b @ b))
 
     now = objective(b0, b)
+    xm = np.hstack([np.ones((n, 1)), x])
     for _ in range(NEWTON_STEPS):
         mu = np.exp(b0 + x @ b)
-        xm = np.hstack([np.ones((n, 1)), x])
         grad = xm.T @ (y - mu)
         grad[1:] -= kappa * b
         hess = xm.T @ (xm * mu[:, None])
@@ -182,6 +182,8 @@ def poisson_ridge(x: np.ndarray, y: np.ndarray, kappa: float) -> tuple[float, np
         t = 1.0
         while (new := objective(b0 + t * step[0], b + t * step[1:])) < now and t > 1e-6:
             t /= 2
+        if new < now:  # no step improves: at the maximum, to rounding
+            break
         b0, b = b0 + t * step[0], b + t * step[1:]
         if new - now < 1e-10 * n:
             break
