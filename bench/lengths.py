@@ -93,9 +93,10 @@ def scorer_modes(with_lengths, emb: np.ndarray) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "with-lengths.npz"
         with_lengths.save(path)
+        expected = replace(pool, mode="expected")
         scorers = [("Scorer, hard mode, open9 (no prediction)", Scorer("open9", pool)),
-                   ("Scorer, expected mode, open9 (no lengths)", Scorer("open9", replace(pool, mode="expected"))),
-                   ("Scorer, expected mode, length profile", Scorer(str(path), replace(pool, mode="expected")))]  # fmt: skip
+                   ("Scorer, expected mode, open9 (no lengths)", Scorer("open9", expected)),
+                   ("Scorer, expected mode, length profile", Scorer(str(path), expected))]  # fmt: skip
     times = []
     for name, scorer in scorers:
         scorer(batch)

@@ -366,9 +366,9 @@ def _add_model(args) -> int:
     except ValueError as e:
         return _fail(str(e))
     extended.save(args.out)
-    lengths = extended.length_source[-1] == "profile"
-    print(f"added {model}: {len(extended.models)} models; profiles written to {args.out}; answer lengths: "
-          + ("profiled from its rows" if lengths else "none in the tables (planned at the config's lengths)"))  # fmt: skip
+    lengths = ("profiled from its rows" if extended.length_source[-1] == "profile"
+               else "none in the tables (planned at the config's lengths)")  # fmt: skip
+    print(f"added {model}: {len(extended.models)} models; profiles written to {args.out}; answer lengths: {lengths}")
     return 0
 
 
@@ -376,7 +376,7 @@ def _eval(args) -> int:
     from router.method.evaluate import evaluate, format_eval, plot_eval
 
     if bool(args.test) == (args.folds is not None):
-        return _fail("router eval needs --test PATH [PATH ...] or --folds K (cross-validation over --train), one of them")
+        return _fail("router eval needs one of --test PATH [PATH ...] and --folds K (cross-validation over --train)")
     if args.folds is not None and args.folds < 2:
         return _fail(f"--folds must be at least 2, got {args.folds}")
     if missing := _first_missing([*args.train, *(args.test or []), *([args.prices] if args.prices else [])]):

@@ -113,7 +113,8 @@ def test_choice_probabilities_are_read_as_right_or_wrong_and_other_scores_are_ke
 
 
 def routeprofile_rows():
-    perf = {"big": {"response": "B", "prompt_tokens": 50, "completion_tokens": 2, "success": True, "task_performance": 1.0},
+    perf = {"big": {"response": "B", "prompt_tokens": 50, "completion_tokens": 2, "success": True,
+                    "task_performance": 1.0},
             "small": {"response": "long...", "prompt_tokens": 48, "completion_tokens": 300, "success": True,
                       "task_performance": 0.0}}  # fmt: skip
     failed = {**perf, "small": {**perf["small"], "success": False}}
@@ -162,8 +163,8 @@ def test_routerbench_costs_with_prices_give_answer_lengths(tmp_path):
 
 
 def test_long_parquet_token_columns(tmp_path):
-    long = pa.table({"query_id": [1, 1, 2], "query": ["a", "a", "b"], "model": ["x", "y", "x"], "score": [1.0, 0.0, 1.0],
-                     "output_tokens": [5, 50, 7], "input_tokens": [10, 11, 12]})  # fmt: skip
+    long = pa.table({"query_id": [1, 1, 2], "query": ["a", "a", "b"], "model": ["x", "y", "x"],
+                     "score": [1.0, 0.0, 1.0], "output_tokens": [5, 50, 7], "input_tokens": [10, 11, 12]})  # fmt: skip
     pq.write_table(long, tmp_path / "t.parquet")
     t = read_eval_table([tmp_path / "t.parquet"])
     np.testing.assert_array_equal(t.output_tokens, [[5, 50], [7, np.nan]])

@@ -134,7 +134,8 @@ def test_length_profiles_round_trip_select_and_match_the_formula(tmp_path):
                                   q.expected_output_tokens(ann)[:, [2, 0]])  # fmt: skip
     L, w = q.lengths, rank_weights(q.r_cap, q.alpha)
     for i in (0, 15):
-        log = L.intercept + (w[:, None] * L.cap[ann.capabilities[i]]).sum(0) + (w[:, None] * L.know[ann.domains[i]]).sum(0)
+        log = L.intercept + (w[:, None] * L.cap[ann.capabilities[i]]).sum(0)
+        log = log + (w[:, None] * L.know[ann.domains[i]]).sum(0)
         if ann.tasks[i] >= 0:
             log = log + L.task[ann.tasks[i]]
         np.testing.assert_allclose(q.expected_output_tokens(ann)[i], np.exp(log), rtol=1e-5)
@@ -278,7 +279,8 @@ def test_eval_reports_predicted_against_actual_cost_and_length_errors(tmp_path, 
         assert abs(lp["per_model"][m]["total_ratio"] - 1) < 0.1
         assert abs(r["cost_prediction"]["per_model"][m]["ratio"] - 1) < 0.1
     at = r["at_budget"]
-    assert at["budget_used"] == pytest.approx(at["cost"] / at["budget"]) and at["predicted_cost"] <= at["budget"] * 1.000001
+    assert at["budget_used"] == pytest.approx(at["cost"] / at["budget"])
+    assert at["predicted_cost"] <= at["budget"] * (1 + 1e-9)
     assert r["budget_use"]["binding_budgets"] > 0
     text = format_eval(r)
     assert "answer lengths (3-fold cross-validation over the queries)" in text and "of it (predicted" in text

@@ -97,13 +97,16 @@ def _length_costs(test: EvalTable, cols: list[int], prices, output_tokens: float
     pin, pout = prices
     estimated = prompt_tokens(test.queries)[:, None]
     counted = test.input_tokens is not None
-    tokens_in = np.where(np.isnan(test.input_tokens[:, cols]), estimated, test.input_tokens[:, cols]) if counted else estimated
+    tokens_in = estimated
+    if counted:
+        tokens_in = np.where(np.isnan(test.input_tokens[:, cols]), estimated, test.input_tokens[:, cols])
     planned = np.where(np.isnan(lengths), output_tokens, lengths)
     predicted = token_usd(tokens_in, planned, pin, pout)
     source = ("prices x tokens: prompt tokens " + ("as counted in the table" if counted else "from the text")
               + f", answers at each row's predicted length (length profiles; {output_tokens:g} without)")  # fmt: skip
     if test.costs is not None:
-        return Costs(predicted, test.costs[:, cols].astype(np.float64), "USD", source + "; actual: the table's costs", True)
+        actual = test.costs[:, cols].astype(np.float64)
+        return Costs(predicted, actual, "USD", source + "; actual: the table's costs", True)
     if test.output_tokens is not None:
         actual = token_usd(tokens_in, test.output_tokens[:, cols].astype(np.float64), pin, pout)
         return Costs(predicted, actual, "USD", source + "; actual: the table's answer lengths", True)
@@ -257,7 +260,8 @@ def length_prediction(pred: Predictions, actual: np.ndarray, models: Sequence[st
         return {"answers": int(k.sum()),
                 "mae": float(np.abs(p - y).mean()), "mae_model_mean": float(np.abs(b - y).mean()),
                 "rmse": float(np.sqrt(((p - y) ** 2).mean())), "rmse_model_mean": float(np.sqrt(((b - y) ** 2).mean())),
-                "log_mae": float(np.abs(log(p) - log(y)).mean()), "log_mae_model_mean": float(np.abs(log(b) - log(y)).mean()),
+                "log_mae": float(np.abs(log(p) - log(y)).mean()),
+                "log_mae_model_mean": float(np.abs(log(b) - log(y)).mean()),
                 "predicted_tokens": float(p.sum()), "actual_tokens": float(y.sum()),
                 "total_ratio": float(p.sum() / y.sum()) if y.sum() > 0 else float("nan")}  # fmt: skip
 
@@ -322,7 +326,8 @@ def evaluate(
 
     def route(q: np.ndarray, budget: float) -> tuple[dict[str, float], float]:
         sol = solve_budget(q, costs.predicted, budget, allow_skip=True)
-        return {**_outcome(te_scores, costs.actual, sol.choice), "predicted_cost": _spend(costs.predicted, sol.choice)}, sol.lam
+        outcome = _outcome(te_scores, costs.actual, sol.choice)
+        return {**outcome, "predicted_cost": _spend(costs.predicted, sol.choice)}, sol.lam
 
     router, _ = route(quality, math.inf)
     fractions = np.round(np.arange(0.02, 1.5001, 0.02), 4)
@@ -370,9 +375,10 @@ def evaluate(
     if budget_fraction is not None:
         budget = budget_fraction * best_cost
         o, lam = route(quality, budget)
+        share = (lambda spend: spend / budget) if budget > 0 else (lambda spend: float("nan"))
         result["at_budget"] = {"fraction": budget_fraction, "budget": budget, "lambda": lam, **o,
-                               "budget_used": o["cost"] / budget if budget > 0 else float("nan"),
-                               "predicted_budget_used": o["predicted_cost"] / budget if budget > 0 else float("nan")}  # fmt: skip
+                               "budget_used": share(o["cost"]),
+                               "predicted_budget_used": share(o["predicted_cost"])}  # fmt: skip
         result["baselines"]["random_at_budget"] = _random_at_budget(costs, te_scores, budget)
         result["baselines"]["knn_at_budget"] = route(pred.knn_quality, budget)[0]
     return result
@@ -419,8 +425,9 @@ def _cost_lines(r: dict[str, Any]) -> list[str]:
     if "at_budget" in r:
         a = r["at_budget"]
         if r.get("actual_costs"):
-            lines.append(f"  at {a['fraction']:g} x best cost: budget {a['budget']:.6g}, actual spend {a['cost']:.6g} = "
-                         f"{a['budget_used']:.1%} of it (predicted {a['predicted_budget_used']:.1%})")  # fmt: skip
+            lines.append(f"  at {a['fraction']:g} x best cost: budget {a['budget']:.6g}, actual spend "
+                         f"{a['cost']:.6g} = {a['budget_used']:.1%} of it "
+                         f"(predicted {a['predicted_budget_used']:.1%})")  # fmt: skip
         else:
             lines.append(f"  at {a['fraction']:g} x best cost: budget {a['budget']:.6g}, spend {a['cost']:.6g} = "
                          f"{a['budget_used']:.1%} of it (as predicted: the tables have no actual costs)")  # fmt: skip

@@ -59,7 +59,8 @@ class ProfileSettings:
         if self.distill_sample is not None and self.distill_sample < 1:
             raise ValueError(f"distill_sample must be a positive number of queries, got {self.distill_sample}")
         if self.length_kappa is not None and not self.length_kappa > 0:
-            raise ValueError(f"length_kappa must be a positive number (or None: cross-validated), got {self.length_kappa}")
+            raise ValueError(f"length_kappa must be a positive number (or None: cross-validated), "
+                             f"got {self.length_kappa}")
 
 
 def _sha256(path: str) -> str:
@@ -244,8 +245,8 @@ def _added_lengths(profiles: Profiles, table: EvalTable, col: int, keep: np.ndar
     n_tasks = len(profiles.tasks) if profiles.tasks else None
     answers = None if table.output_tokens is None else table.output_tokens[keep, col : col + 1]
     if answers is not None and np.isfinite(answers).any():
-        added, _ = fit_length_profile(ann, answers, n_cap=n_cap, n_know=n_know,
-                                      n_tasks=n_tasks if ann.tasks is not None else None, alpha=profiles.alpha)  # fmt: skip
+        tasks = n_tasks if ann.tasks is not None else None
+        added, _ = fit_length_profile(ann, answers, n_cap=n_cap, n_know=n_know, n_tasks=tasks, alpha=profiles.alpha)
     elif profiles.lengths is not None:
         added = LengthProfile.empty(n_cap, n_know, n_tasks, 1)
     else:

@@ -273,7 +273,8 @@ class Profiles:
         gather per row from the table of rank-weighted sums of every top-r list where it is small,
         else r gathers [N, r, M] contracted with the weights."""
         w_task, wk = knowledge_weights(ann, self.alpha)
-        q = rank_weighted_rows(self.cap, ann.capabilities, self.alpha, self._rank_sums("cap", ann.capabilities.shape[1]))
+        r_cap = ann.capabilities.shape[1]
+        q = rank_weighted_rows(self.cap, ann.capabilities, self.alpha, self._rank_sums("cap", r_cap))
         table = self._rank_sums("know", ann.domains.shape[1]) if ann.tasks is None else None  # rows share weights
         if table is not None:
             q += np.take(table, list_codes(ann.domains, len(self.know)), axis=0)
