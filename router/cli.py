@@ -21,6 +21,8 @@ def _add_job_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from router.method.evaldata import FORMATS
+
     parser = argparse.ArgumentParser(
         prog="router",
         description="Budget-bounded batch LLM routing on Ray: score every prompt for every model "
@@ -80,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--out", help="profile file to write (.npz)")
     _add_fit_args(prof)
     prof.add_argument("--models", nargs="+", help="profile only these models (default: all in the tables)")
+    prof.add_argument("--prices", help="JSON or YAML: model -> {input_price, output_price} per 1M tokens; with "
+                      "RouterBench tables, answer lengths are derived from the costs and profiled")  # fmt: skip
     prof_sub = prof.add_subparsers(dest="action", metavar="ACTION")
     add = prof_sub.add_parser(
         "add-model",
@@ -91,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--profiles", required=True, help="the profile file (or packaged name) to extend")
     add.add_argument("--model", required=True, help="the model's name in the tables, or the new name")
     add.add_argument("--eval-table", nargs="+", metavar="PATH", help="evaluation tables holding the model's scores")
-    add.add_argument("--format", choices=["long", "scores-json", "routerbench"], help="table format")
+    add.add_argument("--format", choices=FORMATS, help="table format")
+    add.add_argument("--prices", help="with RouterBench tables: prices to derive answer lengths from the costs")
     add.add_argument("--tasks-from-files", action="store_true", help="each file holds one task named by the file")
     add.add_argument("--scores", choices=["auto", "raw", "binary"], default="auto",
                      help="how scores are read (see `router profile --help`)")  # fmt: skip
@@ -116,14 +121,22 @@ def build_parser() -> argparse.ArgumentParser:
         "accuracy and cost of the router against the best single model (highest mean score on "
         "train), the per-query oracle, the cheapest model, random choice at equal cost and a "
         "k-nearest-neighbour router on the same embeddings, plus the accuracy-cost frontier. "
-        "Budgets and lambda are chosen from predicted costs only.",
+        "Budgets and lambda are chosen from predicted costs only; each plan is charged its actual cost "
+        "where the tables have one. With answer lengths in the tables, it also reports predicted "
+        "against actual cost and the error of the answer-length predictions. With --folds K instead of "
+        "--test, every query is predicted by profiles fitted on the other folds.",
     )
     ev.add_argument("--train", nargs="+", required=True, metavar="PATH", help="training evaluation tables")
-    ev.add_argument("--test", nargs="+", required=True, metavar="PATH", help="test evaluation tables")
+    ev.add_argument("--test", nargs="+", metavar="PATH", help="test evaluation tables (or --folds)")
+    ev.add_argument("--folds", type=int, metavar="K",
+                    help="instead of --test: K-fold cross-validation over the training tables' queries")  # fmt: skip
     _add_fit_args(ev)
-    ev.add_argument("--prices", help="JSON or YAML: model -> {input_price, output_price} per 1M tokens "
-                    "(used when the tables have no cost; without both, costs are equal)")  # fmt: skip
-    ev.add_argument("--output-tokens", type=float, default=256, help="answer length assumed with --prices (256)")
+    ev.add_argument("--prices", help="JSON or YAML: model -> {input_price, output_price} per 1M tokens. With "
+                    "answer lengths in the tables (token counts, or RouterBench costs), cost is predicted from "
+                    "each row's predicted answer length and charged at the actual one; without lengths or costs, "
+                    "answers are priced at --output-tokens; without prices or costs, costs are equal")  # fmt: skip
+    ev.add_argument("--output-tokens", type=float, default=256,
+                    help="answer length planned with --prices for a model without length data (256)")  # fmt: skip
     ev.add_argument("--budget-fraction", type=float, help="also route at F x the best single model's test cost")
     ev.add_argument("--json", help="write the full result as JSON here")
     ev.add_argument("--plot", help="write the accuracy-cost picture here (PNG)")
@@ -131,11 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_fit_args(p: argparse.ArgumentParser) -> None:
+    from router.method.evaldata import FORMATS
     from router.method.fitting import ProfileSettings
 
     d = ProfileSettings()
-    p.add_argument("--format", choices=["long", "scores-json", "routerbench"],
-                   help="table format (default: detected from the file)")  # fmt: skip
+    p.add_argument("--format", choices=FORMATS, help="table format (default: detected from the file)")
     p.add_argument("--tasks-from-files", action="store_true",
                    help="each file holds one task named by the file (mmlu_train.json -> mmlu)")  # fmt: skip
     p.add_argument("--no-tasks", action="store_true", help="ignore the tables' task column")
@@ -164,6 +177,9 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--annotator-dtype", default="auto", help="vLLM dtype of the annotator (float32 on CPU)")
     p.add_argument("--distill-sample", type=int, metavar="N",
                    help="with --annotator distilled: the llm labels N index queries (default: all)")  # fmt: skip
+    p.add_argument("--length-kappa", type=float, metavar="K",
+                   help="shrinkage of answer-length profiles toward each model's mean, in answers "
+                   "(default: chosen per model by 5-fold cross-validation)")  # fmt: skip
 
 
 def _settings(args):
@@ -171,7 +187,8 @@ def _settings(args):
 
     return ProfileSettings(n_clusters=args.clusters, alpha=args.alpha, beta=args.beta, r_know=args.top,
                            r_cap=args.top, window=args.window, use_tasks=not args.no_tasks, seed=args.seed,
-                           annotator=args.annotator, distill_sample=args.distill_sample)  # fmt: skip
+                           annotator=args.annotator, distill_sample=args.distill_sample,
+                           length_kappa=args.length_kappa)  # fmt: skip
 
 
 def _annotator_error(args) -> str | None:
@@ -179,6 +196,8 @@ def _annotator_error(args) -> str | None:
         return f"--annotator {args.annotator} needs --annotator-weights PATH_OR_ID (the model vLLM serves to annotate)"
     if args.distill_sample is not None and (args.annotator != "distilled" or args.distill_sample < 1):
         return "--distill-sample N takes a positive N and goes with --annotator distilled"
+    if args.length_kappa is not None and not args.length_kappa > 0:
+        return f"--length-kappa must be a positive number, got {args.length_kappa}"
     if args.annotator_max_tokens < 1:
         return f"--annotator-max-tokens must be a positive integer, got {args.annotator_max_tokens}"
     return None
@@ -290,17 +309,37 @@ def _profile(args) -> int:
         return _fail("router profile needs --eval-table PATH [PATH ...] and --out PROFILE")
     if missing := _first_missing(args.eval_table):
         return _fail(f"evaluation table {missing!r} not found")
+    if missing := _first_missing([args.prices] if args.prices else []):
+        return _fail(f"prices file {missing!r} not found")
     if msg := _annotator_error(args):
         return _fail(msg)
     with _annotator(args) as annotator:
         profiles = profile_from_tables(
             args.eval_table, fmt=args.format, encoder=args.encoder, settings=_settings(args), models=args.models,
             tasks_from_files=args.tasks_from_files, score_reading=args.scores, annotator=annotator,
+            prices=_prices(args.prices),
         )  # fmt: skip
     profiles.save(args.out)
     print(f"profiles of {len(profiles.models)} models over {len(profiles.domain_names)} knowledge clusters "
-          f"written to {args.out}" + _annotation_line(profiles.meta))  # fmt: skip
+          f"written to {args.out}" + _annotation_line(profiles.meta) + _lengths_line(profiles))  # fmt: skip
     return 0
+
+
+def _prices(path: str | None) -> dict | None:
+    from router.method.evaluate import load_prices
+
+    return load_prices(path) if path else None
+
+
+def _lengths_line(profiles) -> str:
+    """Which models got answer-length profiles, and which will be planned at the config's lengths."""
+    source = dict(zip(profiles.models, profiles.length_source))
+    fitted = [m for m, s in source.items() if s == "profile"]
+    if not fitted:
+        return "\nno answer lengths in the tables: jobs plan answers at the config's lengths"
+    rest = [m for m, s in source.items() if s != "profile"]
+    return (f"\nanswer-length profiles for {len(fitted)} models"
+            + (f"; none for {', '.join(rest)} (planned at the config's lengths)" if rest else ""))
 
 
 def _add_model(args) -> int:
@@ -313,10 +352,10 @@ def _add_model(args) -> int:
     if args.eval_table:
         from router.method.evaldata import read_eval_table
 
-        if missing := _first_missing(args.eval_table):
-            return _fail(f"evaluation table {missing!r} not found")
+        if missing := _first_missing([*args.eval_table, *([args.prices] if args.prices else [])]):
+            return _fail(f"file {missing!r} not found")
         table = read_eval_table(args.eval_table, args.format, tasks_from_files=args.tasks_from_files,
-                                score_reading=args.scores)  # fmt: skip
+                                score_reading=args.scores, prices=_prices(args.prices))  # fmt: skip
         model = args.model
     elif args.queries and args.weights:
         from router.method.indexset import answer_and_grade
@@ -339,20 +378,27 @@ def _add_model(args) -> int:
     except ValueError as e:
         return _fail(str(e))
     extended.save(args.out)
-    print(f"added {model}: {len(extended.models)} models; profiles written to {args.out}")
+    lengths = ("profiled from its rows" if extended.length_source[-1] == "profile"
+               else "none in the tables (planned at the config's lengths)")  # fmt: skip
+    print(f"added {model}: {len(extended.models)} models; profiles written to {args.out}; answer lengths: {lengths}")
     return 0
 
 
 def _eval(args) -> int:
     from router.method.evaluate import evaluate, format_eval, plot_eval
 
-    if missing := _first_missing([*args.train, *args.test, *([args.prices] if args.prices else [])]):
+    if bool(args.test) == (args.folds is not None):
+        return _fail("router eval needs one of --test PATH [PATH ...] and --folds K (cross-validation over --train)")
+    if args.folds is not None and args.folds < 2:
+        return _fail(f"--folds must be at least 2, got {args.folds}")
+    if missing := _first_missing([*args.train, *(args.test or []), *([args.prices] if args.prices else [])]):
         return _fail(f"file {missing!r} not found")
     if msg := _annotator_error(args):
         return _fail(msg)
     with _annotator(args) as annotator:
         r = evaluate(
-            args.train, args.test, fmt=args.format, prices_path=args.prices, budget_fraction=args.budget_fraction,
+            args.train, args.test, folds=args.folds, fmt=args.format, prices_path=args.prices,
+            budget_fraction=args.budget_fraction,
             output_tokens=args.output_tokens, score_reading=args.scores, tasks_from_files=args.tasks_from_files,
             encoder=args.encoder, settings=_settings(args), annotator=annotator,
         )  # fmt: skip

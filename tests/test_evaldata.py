@@ -110,3 +110,62 @@ def test_choice_probabilities_are_read_as_right_or_wrong_and_other_scores_are_ke
     assert np.array_equal(t.scores[:200], (probs > 0)) and np.allclose(t.scores[200:], samples)
     with pytest.raises(ValueError, match="score reading"):
         read_eval_table(paths, score_reading="bool")
+
+
+def routeprofile_rows():
+    perf = {"big": {"response": "B", "prompt_tokens": 50, "completion_tokens": 2, "success": True,
+                    "task_performance": 1.0},
+            "small": {"response": "long...", "prompt_tokens": 48, "completion_tokens": 300, "success": True,
+                      "task_performance": 0.0}}  # fmt: skip
+    failed = {**perf, "small": {**perf["small"], "success": False}}
+    return [{"task_name": "arc", "query": "Pick one: A or B?", "ground_truth": "B", "metric": "em_mc",
+             "model_performance": perf},
+            {"task_name": "gsm8k", "query": "2+2?", "ground_truth": "4", "metric": "gsm8k",
+             "model_performance": repr(failed)}]  # fmt: skip
+
+
+def test_routeprofile_records_with_token_counts(tmp_path):
+    """RouteProfile's records: scores, answer and prompt tokens per model; a failed call is not
+    evaluated; `model_performance` as a mapping or its Python text; costs from prices."""
+    path = tmp_path / "routing_test_data.json"
+    path.write_text(json.dumps(routeprofile_rows()))
+    assert detect_format(path) == "routeprofile"
+    t = read_eval_table([path])
+    assert t.models == ("big", "small") and t.task == ["arc", "gsm8k"] and t.queries[1] == "2+2?"
+    np.testing.assert_array_equal(t.scores, [[1, 0], [1, np.nan]])
+    np.testing.assert_array_equal(t.output_tokens, [[2, 300], [2, np.nan]])
+    np.testing.assert_array_equal(t.input_tokens, [[50, 48], [50, np.nan]])
+    assert t.costs is None
+    priced = read_eval_table([path], prices={"big": {"input_price": 1.0, "output_price": 2.0}})
+    np.testing.assert_allclose(priced.costs[:, 0], (50 * 1.0 + 2 * 2.0) * 1e-6)
+    assert np.isnan(priced.costs[:, 1]).all()  # no price: no cost
+    part = priced.take([1])
+    assert part.queries == ["2+2?"] and part.input_tokens.shape == (1, 2) and part.task == ["gsm8k"]
+    # A scores JSON file is still one.
+    (tmp_path / "s.json").write_text(json.dumps([{"question": "model_performance", "scores": {"m": 1}}]))
+    assert detect_format(tmp_path / "s.json") == "scores-json"
+
+
+def test_routerbench_costs_with_prices_give_answer_lengths(tmp_path):
+    from router.cost import estimate_input_tokens
+
+    df = routerbench_frame()
+    path = tmp_path / "rb.pkl"
+    with open(path, "wb") as f:
+        pickle.dump(df, f)
+    prices = {"gpt-x": {"input_price": 10.0, "output_price": 30.0}}
+    t = read_eval_table([path], prices=prices)
+    tokens_in = estimate_input_tokens(np.array([len(q.encode()) for q in t.queries]), "expected")
+    expect = np.maximum((df["gpt-x|total_cost"].to_numpy() * 1e6 - tokens_in * 10.0) / 30.0, 0)
+    np.testing.assert_allclose(t.output_tokens[:, 0], expect, rtol=1e-5)
+    assert np.isnan(t.output_tokens[:, 1]).all()
+    assert read_eval_table([path]).output_tokens is None
+
+
+def test_long_parquet_token_columns(tmp_path):
+    long = pa.table({"query_id": [1, 1, 2], "query": ["a", "a", "b"], "model": ["x", "y", "x"],
+                     "score": [1.0, 0.0, 1.0], "output_tokens": [5, 50, 7], "input_tokens": [10, 11, 12]})  # fmt: skip
+    pq.write_table(long, tmp_path / "t.parquet")
+    t = read_eval_table([tmp_path / "t.parquet"])
+    np.testing.assert_array_equal(t.output_tokens, [[5, 50], [7, np.nan]])
+    np.testing.assert_array_equal(t.input_tokens, [[10, 11], [12, np.nan]])

@@ -1,7 +1,11 @@
-"""Evaluation tables: per-query, per-model scores that profiles are built from (DESIGN.md 7).
+"""Evaluation tables: per-query, per-model scores that profiles are built from.
 
-Read into one in-memory shape, `EvalTable`, from the long-format parquet of DESIGN.md section 7
-or from the `[{"question", "scores": {model: score}}]` JSON that public routing datasets use.
+Read into one in-memory shape, `EvalTable`, from the long-format parquet (`query_id, query, model,
+score` and optionally `cost`, `output_tokens`, `input_tokens`, `task`), from the
+`[{"question", "scores": {model: score}}]` JSON that public routing datasets use, from RouterBench's
+wide table, or from RouteProfile's records with each model's answer and token counts. Answer
+lengths (for length profiles) come from the table's own counts, or, given prices, from a
+RouterBench cost.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-FORMATS = ("long", "scores-json", "routerbench")
+FORMATS = ("long", "scores-json", "routerbench", "routeprofile")
 SCORE_READINGS = ("auto", "raw", "binary")
 # A choice's probability is at least 1/choices when the model picked the right one; graded
 # scores (F1, BLEU) go lower, sample fractions sit on a grid of k/n.
@@ -35,6 +39,15 @@ class EvalTable:
     # "the probability of the right choice when the model chose right" (`choice_probabilities`),
     # or all of them when asked.
     binarized: tuple[tuple[str, str | None], ...] = ()
+    input_tokens: np.ndarray | None = None  # float32 [N, M]: prompt tokens as each model counted them
+
+    def take(self, rows: np.ndarray) -> "EvalTable":
+        """The table's rows `rows` (indices), every per-row field alike."""
+        rows = np.asarray(rows, np.int64)
+        cut = lambda a: None if a is None else a[rows]  # noqa: E731
+        return replace(self, queries=[self.queries[i] for i in rows], scores=self.scores[rows], costs=cut(self.costs),
+                       output_tokens=cut(self.output_tokens), input_tokens=cut(self.input_tokens),
+                       task=None if self.task is None else [self.task[i] for i in rows])  # fmt: skip
 
 
 def choice_probabilities(scores: np.ndarray) -> bool:
@@ -108,8 +121,18 @@ def detect_format(path: Path) -> str:
         if {"query_id", "query", "model", "score"} <= set(cols):
             return "long"
     if suffix == ".json":
-        return "scores-json"
+        return "routeprofile" if _json_record_has(path, "model_performance") else "scores-json"
     raise ValueError(f"cannot tell the format of {str(path)!r}; pass --format ({', '.join(FORMATS)})")
+
+
+def _json_record_has(path: Path, key: str, head: int = 1 << 20) -> bool:
+    """Whether the first records of a JSON file (its first `head` bytes) have the key `key`; a
+    string value holding the text would have its quotes escaped."""
+    import re
+
+    with open(path, "rb") as f:
+        text = f.read(head).decode("utf-8", "ignore")
+    return re.search(r'(?<!\\)"' + re.escape(key) + r'"\s*:', text) is not None
 
 
 def _as_mapping(value) -> dict:
@@ -172,6 +195,64 @@ def _read_routerbench(path: Path) -> EvalTable:
     return EvalTable(queries, models, scores, costs, None, task, (str(path),))
 
 
+def _read_routeprofile(path: Path) -> EvalTable:
+    """RouteProfile's records: `{query, task_name, model_performance: {model: {task_performance,
+    prompt_tokens, completion_tokens, success, ...}}}`, `model_performance` a mapping or its Python
+    or JSON text. A model's failed call (`success` false) counts as not evaluated."""
+    rows = json.loads(path.read_text())
+    if not isinstance(rows, list) or not rows or "model_performance" not in rows[0]:
+        raise ValueError(f"{str(path)!r} is not a list of RouteProfile records (query, model_performance)")
+    perf = [_as_mapping(r["model_performance"]) for r in rows]
+    models = tuple(sorted({m for p in perf for m in p}))
+    col = {m: j for j, m in enumerate(models)}
+    grids = {k: np.full((len(rows), len(models)), np.nan, np.float32)
+             for k in ("task_performance", "prompt_tokens", "completion_tokens")}  # fmt: skip
+    for i, p in enumerate(perf):  # file parsing: one pass over the records
+        for m, v in p.items():
+            if not isinstance(v, dict) or v.get("success") is False:
+                continue
+            for k, g in grids.items():
+                if v.get(k) is not None:
+                    g[i, col[m]] = float(v[k])
+    queries = [prompt_text(r.get("query", r.get("question", ""))) for r in rows]
+    task = [str(r["task_name"]) for r in rows] if all("task_name" in r for r in rows) else None
+    return EvalTable(queries, models, grids["task_performance"], None, grids["completion_tokens"], task, (str(path),),
+                     input_tokens=grids["prompt_tokens"])  # fmt: skip
+
+
+def with_prices(part: EvalTable, prices: dict[str, dict[str, float]]) -> EvalTable:
+    """Costs and answer lengths through prices (USD per 1M tokens; models without prices keep NaN):
+    a table with token counts and no costs gets each answer's cost; one with costs and no answer
+    lengths (RouterBench) gets each answer's length, (cost - prompt tokens x input price) / output
+    price, with prompt tokens counted from the UTF-8 length as the `expected` mode does (never
+    below 0)."""
+    from router.cost import token_usd
+
+    priced = [j for j, m in enumerate(part.models) if m in prices]
+    if not priced:
+        return part
+    pin = np.full(len(part.models), np.nan)
+    pout = np.full(len(part.models), np.nan)
+    pin[priced] = [float(prices[part.models[j]]["input_price"]) for j in priced]
+    pout[priced] = [float(prices[part.models[j]]["output_price"]) for j in priced]
+    if part.costs is None and part.output_tokens is not None:
+        tokens_in = part.input_tokens if part.input_tokens is not None else prompt_tokens(part.queries)[:, None]
+        return replace(part, costs=token_usd(tokens_in, part.output_tokens, pin, pout).astype(np.float32))
+    if part.costs is not None and part.output_tokens is None:
+        tokens_in = part.input_tokens if part.input_tokens is not None else prompt_tokens(part.queries)[:, None]
+        answer = (part.costs.astype(np.float64) * 1e6 - tokens_in * pin) / pout
+        return replace(part, output_tokens=np.maximum(answer, 0).astype(np.float32))
+    return part
+
+
+def prompt_tokens(queries: Sequence[str]) -> np.ndarray:
+    """Prompt tokens [N] as the job's `expected` mode counts them (from the UTF-8 length)."""
+    from router.cost import estimate_input_tokens
+
+    utf8 = np.fromiter((len(q.encode()) for q in queries), np.int64, len(queries))
+    return estimate_input_tokens(utf8, "expected").astype(np.float64)
+
+
 def task_from_file(path: Path) -> str:
     """`mmlu_train.json` -> `mmlu`: the task a file of one task holds, shared by its train and test."""
     stem = path.stem
@@ -212,7 +293,8 @@ def _read_long(path: Path) -> EvalTable:
     queries = t["query"].cast("string").to_numpy(zero_copy_only=False)[first].tolist()
     task = t["task"].cast("string").to_numpy(zero_copy_only=False)[first].tolist() if "task" in t.column_names else None
     out = grid("output_tokens")
-    return EvalTable(queries, tuple(models.tolist()), grid("score"), grid("cost"), out, task, (str(path),))
+    return EvalTable(queries, tuple(models.tolist()), grid("score"), grid("cost"), out, task, (str(path),),
+                     input_tokens=grid("input_tokens"))  # fmt: skip
 
 
 def read_eval_table(
@@ -221,12 +303,15 @@ def read_eval_table(
     *,
     tasks_from_files: bool = False,
     score_reading: str = "auto",
+    prices: dict[str, dict[str, float]] | None = None,
 ) -> EvalTable:
     """Read and concatenate evaluation tables; models are the union, NaN where not evaluated.
 
     `tasks_from_files`: each file holds one task, named by the file (see `task_from_file`).
     `score_reading`: how scores are read, per file (`read_scores`); the result's `binarized` names the
-    files (or tasks of a file) whose scores were turned into 0/1."""
+    files (or tasks of a file) whose scores were turned into 0/1. `prices` (model -> input_price,
+    output_price in USD per 1M tokens): costs from token counts, or answer lengths from costs, where a
+    file has one and not the other (`with_prices`)."""
     parts: list[EvalTable] = []
     for p in map(Path, paths):
         if not p.is_file():
@@ -236,6 +321,8 @@ def read_eval_table(
             parts.append(_read_routerbench(p))
         elif f == "long":
             parts.append(_read_long(p))
+        elif f == "routeprofile":
+            parts.append(_read_routeprofile(p))
         elif f == "scores-json":
             queries, score_dicts, task = _read_scores_json(p)
             models = tuple(sorted({m for d in score_dicts for m in d}))
@@ -250,6 +337,8 @@ def read_eval_table(
     if tasks_from_files:
         parts = [replace(t, task=[task_from_file(Path(t.sources[0]))] * len(t.queries)) for t in parts]
     parts = [read_scores(t, score_reading) for t in parts]
+    if prices:
+        parts = [with_prices(t, prices) for t in parts]
     models = tuple(sorted({m for t in parts for m in t.models}))
 
     def stack(attr: str) -> np.ndarray | None:
@@ -273,6 +362,7 @@ def read_eval_table(
         scores=stack("scores"),
         costs=stack("costs"),
         output_tokens=stack("output_tokens"),
+        input_tokens=stack("input_tokens"),
         task=tasks,
         sources=tuple(s for t in parts for s in t.sources),
         binarized=tuple(b for t in parts for b in t.binarized),

@@ -16,9 +16,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from router.budget import solve_budget
-from router.cost import estimate_input_tokens, token_usd
+from router.cost import token_usd
 from router.backends.encoder import MINILM, encode_cached
-from router.method.evaldata import EvalTable, read_eval_table
+from router.method.evaldata import EvalTable, prompt_tokens, read_eval_table
 from router.method.fitting import ProfileSettings, fit_profiles
 
 KNN_K = 10
@@ -30,6 +30,7 @@ class Costs:
     actual: np.ndarray  # [N, M]: what a choice is charged
     unit: str
     source: str
+    actual_known: bool = False  # the table says what each answer cost (else actual is the prediction)
 
 
 def load_prices(path: str) -> dict[str, dict[str, float]]:
@@ -45,40 +46,71 @@ def load_prices(path: str) -> dict[str, dict[str, float]]:
     return prices
 
 
-def _token_estimate(queries: Sequence[str]) -> np.ndarray:
-    """Prompt tokens as the job's `expected` mode counts them (from the UTF-8 length)."""
-    utf8 = np.fromiter((len(q.encode()) for q in queries), np.int64, len(queries))
-    return estimate_input_tokens(utf8, "expected").astype(np.float64)
+def _price_arrays(prices: dict, models: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    missing = [m for m in models if m not in prices]
+    if missing:
+        raise ValueError(f"prices lack model {missing[0]!r}")
+    return (np.array([float(prices[m]["input_price"]) for m in models]),
+            np.array([float(prices[m]["output_price"]) for m in models]))  # fmt: skip
 
 
 def table_costs(
-    train: EvalTable, test: EvalTable, models: Sequence[str], prices: dict | None, output_tokens: float
+    train: EvalTable,
+    test: EvalTable,
+    models: Sequence[str],
+    prices: dict | None,
+    output_tokens: float,
+    predicted_lengths: np.ndarray | None = None,
 ) -> Costs:
-    """The test table's costs, and the router's prediction of them from what it may know."""
+    """The test table's costs, and the router's prediction of them from what it may know.
+    `predicted_lengths` [N, M]: each row's expected answer tokens per model from the length
+    profiles (NaN: no length data, `output_tokens` is planned instead)."""
     cols_tr = [train.models.index(m) for m in models]
     cols_te = [test.models.index(m) for m in models]
-    tokens = _token_estimate(test.queries)
+    tokens = prompt_tokens(test.queries)
+    if prices and predicted_lengths is not None and np.isfinite(predicted_lengths).any():
+        return _length_costs(test, cols_te, _price_arrays(prices, models), output_tokens, predicted_lengths)
     if test.costs is not None:
         actual = test.costs[:, cols_te].astype(np.float64)
         if train.costs is not None:
             # Per model, cost ~ a + b * prompt tokens, fitted on the training table.
-            x = _token_estimate(train.queries)
+            x = prompt_tokens(train.queries)
             design = np.stack([np.ones_like(x), x], axis=1)
             y = np.nan_to_num(train.costs[:, cols_tr].astype(np.float64))
             coef, *_ = np.linalg.lstsq(design, y, rcond=None)
             predicted = np.maximum(np.stack([np.ones_like(tokens), tokens], axis=1) @ coef, 1e-12)
-            return Costs(predicted, actual, "table", "the table's costs; predicted from prompt length (fit on train)")
-        return Costs(actual, actual, "table", "the table's costs")
+            return Costs(predicted, actual, "table",
+                         "the table's costs; predicted from prompt length (fit on train)", True)  # fmt: skip
+        return Costs(actual, actual, "table", "the table's costs", True)
     if prices:
-        missing = [m for m in models if m not in prices]
-        if missing:
-            raise ValueError(f"prices lack model {missing[0]!r}")
-        pin = np.array([float(prices[m]["input_price"]) for m in models])
-        pout = np.array([float(prices[m]["output_price"]) for m in models])
+        pin, pout = _price_arrays(prices, models)
         c = token_usd(tokens[:, None], output_tokens, pin[None, :], pout[None, :])
         return Costs(c, c, "USD", f"prices x tokens (input from the text, {output_tokens:g} output tokens)")
     ones = np.ones((len(test.queries), len(models)))
     return Costs(ones, ones, "rows", "equal costs (no costs in the table and no --prices)")
+
+
+def _length_costs(test: EvalTable, cols: list[int], prices, output_tokens: float, lengths: np.ndarray) -> Costs:
+    """Predicted: prices x (prompt tokens + each row's predicted answer length). Prompt tokens as the
+    table counted them where it has counts (as a job that counts them would know them), else from
+    the UTF-8 length. Actual: the table's costs, else its answers' lengths at the same prices."""
+    pin, pout = prices
+    estimated = prompt_tokens(test.queries)[:, None]
+    counted = test.input_tokens is not None
+    tokens_in = estimated
+    if counted:
+        tokens_in = np.where(np.isnan(test.input_tokens[:, cols]), estimated, test.input_tokens[:, cols])
+    planned = np.where(np.isnan(lengths), output_tokens, lengths)
+    predicted = token_usd(tokens_in, planned, pin, pout)
+    source = ("prices x tokens: prompt tokens " + ("as counted in the table" if counted else "from the text")
+              + f", answers at each row's predicted length (length profiles; {output_tokens:g} without)")  # fmt: skip
+    if test.costs is not None:
+        actual = test.costs[:, cols].astype(np.float64)
+        return Costs(predicted, actual, "USD", source + "; actual: the table's costs", True)
+    if test.output_tokens is not None:
+        actual = token_usd(tokens_in, test.output_tokens[:, cols].astype(np.float64), pin, pout)
+        return Costs(predicted, actual, "USD", source + "; actual: the table's answer lengths", True)
+    return Costs(predicted, predicted, "USD", source)
 
 
 def _score_note(reading: str, binarized: tuple[tuple[str, str | None], ...]) -> str:
@@ -128,10 +160,120 @@ def _random_at_budget(costs: Costs, scores: np.ndarray, budget: float, draws: in
     return {"accuracy": float(np.mean(acc)), "cost": float(np.mean(spent)), "p_cheapest": p}
 
 
+@dataclass(frozen=True)
+class Predictions:
+    """What the router predicts for test rows from training rows it was not fitted on."""
+
+    quality: np.ndarray  # [N, M]
+    knn_quality: np.ndarray  # [N, M]
+    output_tokens: np.ndarray  # [N, M]: expected answer tokens (length profiles); NaN: no length data
+    mean_output_tokens: np.ndarray  # [N, M]: each model's mean answer length on the training rows
+    length_source: tuple[str, ...]  # per model, Profiles.length_source
+    meta: dict[str, Any]  # the profiles' meta
+
+
+def _fit_and_predict(
+    train: EvalTable, tr_emb: np.ndarray, test: EvalTable, te_emb: np.ndarray, models: Sequence[str], *,
+    encoder: str, settings: ProfileSettings, annotator,
+) -> Predictions:  # fmt: skip
+    cols = [train.models.index(m) for m in models]
+    full = np.full((len(train.queries), len(train.models)), np.nan, np.float32)
+    full[:, cols] = train.scores[:, cols]
+    profiles = fit_profiles(train, tr_emb, encoder=encoder, settings=settings, models=models, scores=full,
+                            annotator=annotator)  # fmt: skip
+    te_tasks = test.task if settings.use_tasks else None
+    if settings.annotator == "llm":
+        from dataclasses import replace
+
+        ann = replace(annotator.annotate(test.queries, te_emb), tasks=profiles.task_index(te_tasks))
+    else:
+        ann = profiles.annotate(te_emb, te_tasks)
+    mean = np.full(len(models), np.nan)
+    if train.output_tokens is not None:
+        lengths = train.output_tokens[:, cols].astype(np.float64)
+        seen = np.isfinite(lengths)
+        mean = np.where(seen.any(0), np.where(seen, lengths, 0).sum(0) / np.maximum(seen.sum(0), 1), np.nan)
+    return Predictions(
+        quality=profiles.score_annotated(ann),
+        knn_quality=_knn_quality(tr_emb, full[:, cols], te_emb),
+        output_tokens=profiles.expected_output_tokens(ann).astype(np.float64),
+        mean_output_tokens=np.broadcast_to(mean, (len(test.queries), len(models))),
+        length_source=profiles.length_source,
+        meta=profiles.meta,
+    )
+
+
+def _cross_fitted(table: EvalTable, emb: np.ndarray, models: Sequence[str], folds: int, seed: int,
+                  **fit) -> Predictions:  # fmt: skip
+    """Every row predicted by profiles fitted on the other folds; rows with the same query text share
+    a fold, so no query is both fitted on and predicted."""
+    from router.method.lengths import fold_of
+
+    _, query = np.unique(np.asarray(table.queries, dtype=object).astype(str), return_inverse=True)
+    fold = fold_of(int(query.max()) + 1, folds, seed)[query]
+    parts = {}
+    for f in range(folds):
+        test, train = np.flatnonzero(fold == f), np.flatnonzero(fold != f)
+        parts[f] = (test, _fit_and_predict(table.take(train), emb[train], table.take(test), emb[test], models, **fit))
+    shape = (len(table.queries), len(models))
+    out = {k: np.empty(shape) for k in ("quality", "knn_quality", "output_tokens", "mean_output_tokens")}
+    for rows, p in parts.values():
+        for k, a in out.items():
+            a[rows] = getattr(p, k)
+    last = parts[folds - 1][1]
+    return Predictions(**out, length_source=last.length_source, meta=last.meta)
+
+
+def _spend(cost: np.ndarray, choice: np.ndarray) -> float:
+    picked = choice >= 0
+    return float(np.where(picked, cost[np.arange(len(choice)), np.maximum(choice, 0)], 0.0).sum())
+
+
+def cost_prediction(costs: Costs, models: Sequence[str]) -> dict[str, Any]:
+    """Predicted against actual cost of sending every row to each model (rows where the actual is
+    known), per model and in all."""
+
+    def entry(p: float, a: float) -> dict[str, float]:
+        return {"predicted": p, "actual": a, "ratio": p / a if a > 0 else float("nan")}
+
+    known = np.isfinite(costs.actual)
+    p = np.where(known, costs.predicted, 0).sum(axis=0)
+    a = np.where(known, costs.actual, 0).sum(axis=0)
+    return {"total": entry(float(p.sum()), float(a.sum())),
+            "per_model": {m: entry(float(p[j]), float(a[j])) for j, m in enumerate(models)}}  # fmt: skip
+
+
+def length_prediction(pred: Predictions, actual: np.ndarray, models: Sequence[str], planned: float,
+                      validation: str) -> dict[str, Any]:  # fmt: skip
+    """Per-row error of the answer lengths the plan uses (the length profiles', `planned` where a
+    model has none) against the baseline of each model's mean length on its training rows: mean
+    absolute and root-mean-square error in tokens and mean absolute log ratio, per model and over
+    all answers; and predicted against actual total tokens."""
+    used = np.where(np.isnan(pred.output_tokens), planned, pred.output_tokens)
+    base = np.where(np.isnan(pred.mean_output_tokens), planned, pred.mean_output_tokens)
+    known = np.isfinite(actual)
+
+    def errors(cols) -> dict[str, float]:
+        k = known[:, cols]
+        y, p, b = actual[:, cols][k], used[:, cols][k], base[:, cols][k]
+        log = lambda v: np.log(np.maximum(v, 1.0))  # noqa: E731
+        return {"answers": int(k.sum()),
+                "mae": float(np.abs(p - y).mean()), "mae_model_mean": float(np.abs(b - y).mean()),
+                "rmse": float(np.sqrt(((p - y) ** 2).mean())), "rmse_model_mean": float(np.sqrt(((b - y) ** 2).mean())),
+                "log_mae": float(np.abs(log(p) - log(y)).mean()),
+                "log_mae_model_mean": float(np.abs(log(b) - log(y)).mean()),
+                "predicted_tokens": float(p.sum()), "actual_tokens": float(y.sum()),
+                "total_ratio": float(p.sum() / y.sum()) if y.sum() > 0 else float("nan")}  # fmt: skip
+
+    per_model = {m: {"source": pred.length_source[j], **errors([j])} for j, m in enumerate(models)}
+    return {"validation": validation, "all": errors(list(range(len(models)))), "per_model": per_model}
+
+
 def evaluate(
     train_paths: Sequence[str],
-    test_paths: Sequence[str],
+    test_paths: Sequence[str] | None = None,
     *,
+    folds: int | None = None,
     fmt: str | None = None,
     prices_path: str | None = None,
     budget_fraction: float | None = None,
@@ -142,33 +284,37 @@ def evaluate(
     settings: ProfileSettings = ProfileSettings(),
     annotator=None,
 ) -> dict[str, Any]:
-    """`annotator`: the `router.method.annotate.LLMAnnotator` of an `llm` or `distilled` setting; with
-    `llm` it also annotates the test queries (a generation each), with `distilled` the heads do."""
-    train = read_eval_table(train_paths, fmt, tasks_from_files=tasks_from_files, score_reading=score_reading)
-    test = read_eval_table(test_paths, fmt, tasks_from_files=tasks_from_files, score_reading=score_reading)
+    """Fit on `train_paths`, route `test_paths`; or, with `folds` and no test tables,
+    cross-validate over the training tables' queries: each fold routed by profiles fitted on the
+    others, then all rows routed together (the best single model is then the best on the whole
+    table). `annotator`: the `router.method.annotate.LLMAnnotator` of an `llm` or `distilled`
+    setting; with `llm` it also annotates the test queries (a generation each), with `distilled`
+    the heads do."""
+    if (folds is None) == (not test_paths):
+        raise ValueError("give test tables or a number of folds (cross-validation over the training tables), not both")
+    if folds is not None and folds < 2:
+        raise ValueError(f"folds must be at least 2, got {folds}")
+    prices = load_prices(prices_path) if prices_path else None
+    read = dict(tasks_from_files=tasks_from_files, score_reading=score_reading, prices=prices)
+    train = read_eval_table(train_paths, fmt, **read)
+    test = train if folds else read_eval_table(test_paths, fmt, **read)
     models = [m for m in train.models if m in test.models]
     if not models:
         raise ValueError("the training and test tables share no model")
     tr_scores = train.scores[:, [train.models.index(m) for m in models]]
-    te_scores = test.scores[:, [test.models.index(m) for m in models]]
-    te_scores = np.nan_to_num(te_scores)
-    prices = load_prices(prices_path) if prices_path else None
-    costs = table_costs(train, test, models, prices, output_tokens)
+    te_scores = np.nan_to_num(test.scores[:, [test.models.index(m) for m in models]])
 
     tr_emb = encode_cached(encoder, train.queries, window=settings.window)
-    te_emb = encode_cached(encoder, test.queries, window=settings.window)
-    full = np.full((len(train.queries), len(train.models)), np.nan, np.float32)
-    full[:, [train.models.index(m) for m in models]] = tr_scores
-    profiles = fit_profiles(train, tr_emb, encoder=encoder, settings=settings, models=models, scores=full,
-                            annotator=annotator)  # fmt: skip
-    te_tasks = test.task if settings.use_tasks else None
-    if settings.annotator == "llm":
-        from dataclasses import replace
-
-        ann = annotator.annotate(test.queries, te_emb)
-        quality = profiles.score_annotated(replace(ann, tasks=profiles.task_index(te_tasks)))
+    fit = dict(encoder=encoder, settings=settings, annotator=annotator)
+    if folds:
+        pred = _cross_fitted(train, tr_emb, models, folds, settings.seed, **fit)
+        validation = f"{folds}-fold cross-validation over the queries"
     else:
-        quality = profiles.score(te_emb, te_tasks)
+        te_emb = encode_cached(encoder, test.queries, window=settings.window)
+        pred = _fit_and_predict(train, tr_emb, test, te_emb, models, **fit)
+        validation = "fitted on the training tables, measured on the test tables"
+    costs = table_costs(train, test, models, prices, output_tokens, pred.output_tokens)
+    quality = pred.quality
 
     best = int(np.nanargmax(np.nanmean(tr_scores, axis=0)))
     best_single = {"model": models[best], **_outcome(te_scores, costs.actual, np.full(len(te_scores), best))}
@@ -180,7 +326,8 @@ def evaluate(
 
     def route(q: np.ndarray, budget: float) -> tuple[dict[str, float], float]:
         sol = solve_budget(q, costs.predicted, budget, allow_skip=True)
-        return _outcome(te_scores, costs.actual, sol.choice), sol.lam
+        outcome = _outcome(te_scores, costs.actual, sol.choice)
+        return {**outcome, "predicted_cost": _spend(costs.predicted, sol.choice)}, sol.lam
 
     router, _ = route(quality, math.inf)
     fractions = np.round(np.arange(0.02, 1.5001, 0.02), 4)
@@ -190,18 +337,20 @@ def evaluate(
         sweep.append({"fraction": float(f), "lambda": lam, **o})
     at_best_cost, _ = route(quality, best_cost)
     matches = [s["fraction"] for s in sweep if s["accuracy"] >= best_single["accuracy"]]
-    knn_q = _knn_quality(tr_emb, full[:, [train.models.index(m) for m in models]], te_emb)
     result: dict[str, Any] = {
         "n_train": len(train.queries),
         "n_test": len(test.queries),
         "models": models,
+        "validation": validation,
         "cost_unit": costs.unit,
         "cost_source": costs.source,
+        "actual_costs": costs.actual_known,
         "scores": _score_note(score_reading, train.binarized + test.binarized),
         "best_single": best_single,
         "oracle": _outcome(te_scores, costs.actual, oracle_choice),
         "router": router,
-        "frontier": [{"lambda": s["lambda"], "accuracy": s["accuracy"], "cost": s["cost"]} for s in sweep],
+        "frontier": [{"lambda": s["lambda"], "accuracy": s["accuracy"], "cost": s["cost"],
+                      "predicted_cost": s["predicted_cost"]} for s in sweep],
         "accuracy_at_best_single_cost": at_best_cost["accuracy"],
         "cost_fraction_to_match_best_single": min(matches) if matches else None,
         "single_models": {
@@ -210,19 +359,40 @@ def evaluate(
         "baselines": {
             "cheapest": {"model": models[cheapest_model],
                          **_outcome(te_scores, costs.actual, np.full(len(te_scores), cheapest_model))},
-            "knn": {"k": KNN_K, **route(knn_q, math.inf)[0]},
+            "knn": {"k": KNN_K, **route(pred.knn_quality, math.inf)[0]},
         },
+        "length_source": dict(zip(models, pred.length_source)),
         "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
     }  # fmt: skip
-    if "annotation" in profiles.meta:
-        result["annotation"] = {**profiles.meta["annotation"], "llm_all_calls": dict(annotator.stats)}
+    if costs.actual_known:
+        result["cost_prediction"] = cost_prediction(costs, models)
+        result["budget_use"] = _budget_use(sweep, best_cost)
+    if test.output_tokens is not None and np.isfinite(pred.output_tokens).any():
+        actual = test.output_tokens[:, [test.models.index(m) for m in models]].astype(np.float64)
+        result["length_prediction"] = length_prediction(pred, actual, models, output_tokens, validation)
+    if "annotation" in pred.meta:
+        result["annotation"] = {**pred.meta["annotation"], "llm_all_calls": dict(annotator.stats)}
     if budget_fraction is not None:
         budget = budget_fraction * best_cost
         o, lam = route(quality, budget)
-        result["at_budget"] = {"fraction": budget_fraction, "budget": budget, "lambda": lam, **o}
+        share = (lambda spend: spend / budget) if budget > 0 else (lambda spend: float("nan"))
+        result["at_budget"] = {"fraction": budget_fraction, "budget": budget, "lambda": lam, **o,
+                               "budget_used": share(o["cost"]),
+                               "predicted_budget_used": share(o["predicted_cost"])}  # fmt: skip
         result["baselines"]["random_at_budget"] = _random_at_budget(costs, te_scores, budget)
-        result["baselines"]["knn_at_budget"] = route(knn_q, budget)[0]
+        result["baselines"]["knn_at_budget"] = route(pred.knn_quality, budget)[0]
     return result
+
+
+def _budget_use(sweep: list[dict[str, Any]], best_cost: float) -> dict[str, Any]:
+    """Actual spend over the budget across the sweep's budgets that bind (the plan's predicted spend
+    reaches 99% of them): what the plan buys with the money it is given."""
+    used = [s["cost"] / (s["fraction"] * best_cost) for s in sweep
+            if best_cost > 0 and s["predicted_cost"] >= 0.99 * s["fraction"] * best_cost]  # fmt: skip
+    if not used:
+        return {"binding_budgets": 0}
+    return {"binding_budgets": len(used), "median": float(np.median(used)), "min": float(min(used)),
+            "max": float(max(used))}  # fmt: skip
 
 
 def format_eval(r: dict[str, Any]) -> str:
@@ -245,7 +415,45 @@ def format_eval(r: dict[str, Any]) -> str:
     frac = r["cost_fraction_to_match_best_single"]
     lines.append("  smallest cost fraction matching the best single model: "
                  + ("never (up to 1.5)" if frac is None else f"{frac:g}"))  # fmt: skip
-    return "\n".join(lines)
+    return "\n".join(lines + _cost_lines(r))
+
+
+def _cost_lines(r: dict[str, Any]) -> list[str]:
+    """What `router eval` says about spend: the budget used, predicted against actual cost, and
+    the answer-length predictions' error."""
+    lines = []
+    if "at_budget" in r:
+        a = r["at_budget"]
+        if r.get("actual_costs"):
+            lines.append(f"  at {a['fraction']:g} x best cost: budget {a['budget']:.6g}, actual spend "
+                         f"{a['cost']:.6g} = {a['budget_used']:.1%} of it "
+                         f"(predicted {a['predicted_budget_used']:.1%})")  # fmt: skip
+        else:
+            lines.append(f"  at {a['fraction']:g} x best cost: budget {a['budget']:.6g}, spend {a['cost']:.6g} = "
+                         f"{a['budget_used']:.1%} of it (as predicted: the tables have no actual costs)")  # fmt: skip
+    if r.get("budget_use", {}).get("binding_budgets"):
+        u = r["budget_use"]
+        lines.append(f"  budget used over the {u['binding_budgets']} binding budgets of the sweep: median "
+                     f"{u['median']:.1%} (from {u['min']:.1%} to {u['max']:.1%})")  # fmt: skip
+    if "cost_prediction" in r:
+        c = r["cost_prediction"]
+        per = ", ".join(f"{m} {e['ratio']:.3f}" for m, e in c["per_model"].items())
+        lines.append(f"cost predicted / actual, every row to one model: total {c['total']['predicted']:.6g} / "
+                     f"{c['total']['actual']:.6g} = {c['total']['ratio']:.3f}; per model: {per}")  # fmt: skip
+    if "length_prediction" in r:
+        lp = r["length_prediction"]
+        a = lp["all"]
+        lines.append(f"answer lengths ({lp['validation']}), per answer: mean absolute error {a['mae']:.1f} tokens "
+                     f"against {a['mae_model_mean']:.1f} for each model's mean length "
+                     f"({a['mae'] / a['mae_model_mean'] - 1:+.0%}); mean |log ratio| {a['log_mae']:.2f} "
+                     f"against {a['log_mae_model_mean']:.2f}")  # fmt: skip
+        for m, e in lp["per_model"].items():
+            lines.append(f"  {m:36} [{e['source']:7}] error {e['mae']:7.1f} against {e['mae_model_mean']:7.1f} "
+                         f"tokens; total predicted / actual {e['total_ratio']:.3f}")  # fmt: skip
+    none = [m for m, s in r.get("length_source", {}).items() if s == "none"]
+    if none and "length_prediction" in r:
+        lines.append(f"  no length data for {', '.join(none)}: planned at --output-tokens")
+    return lines
 
 
 def plot_eval(r: dict[str, Any], path: str) -> None:

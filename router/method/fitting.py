@@ -11,6 +11,7 @@ import numpy as np
 
 from router.backends.encoder import MINILM, encode_cached, encoder_name
 from router.method.evaldata import EvalTable, read_eval_table
+from router.method.lengths import LengthProfile, fit_length_profile
 from router.method.profiles import Profiles, build_profiles
 from router.method.taxonomy import CAPABILITIES, DOMAINS
 
@@ -46,6 +47,9 @@ class ProfileSettings:
     """With `distilled`: how many index queries the llm labels (seeded random; None: all)."""
     ridge: float = 1.0
     """Ridge penalty of the heads fitted on llm labels."""
+    length_kappa: float | None = None
+    """Shrinkage of the answer-length profiles toward each model's mean (router.method.lengths):
+    None chooses it per model by 5-fold cross-validation over the queries."""
 
     def __post_init__(self) -> None:
         from router.method.annotate import ANNOTATORS
@@ -54,6 +58,9 @@ class ProfileSettings:
             raise ValueError(f"annotator must be one of {', '.join(ANNOTATORS)}, got {self.annotator!r}")
         if self.distill_sample is not None and self.distill_sample < 1:
             raise ValueError(f"distill_sample must be a positive number of queries, got {self.distill_sample}")
+        if self.length_kappa is not None and not self.length_kappa > 0:
+            raise ValueError(f"length_kappa must be a positive number (or None: cross-validated), "
+                             f"got {self.length_kappa}")
 
 
 def _sha256(path: str) -> str:
@@ -112,6 +119,8 @@ def fit_profiles(
             "window": f"{s.window}: long few-shot prompts end with the question",
             "capabilities": "zero-shot: nearest prototypes of the seven capabilities' example prompts",
             "tasks": "the table's task column, a knowledge element ranked first" if table.task else "none",
+            "answer lengths": "the table's answer lengths: a length profile per model (router.method.lengths)"
+            if table.output_tokens is not None else "none in the table: the plan uses the config's lengths",
         },
         "annotator": s.annotator,
     }
@@ -145,6 +154,7 @@ def fit_profiles(
         seed=s.seed,
         meta=meta,
         tasks=table.task if (s.use_tasks and table.task) else None,
+        length_kappa=s.length_kappa,
         **by_llm,
     )
 
@@ -159,8 +169,10 @@ def profile_from_tables(
     tasks_from_files: bool = False,
     score_reading: str = "auto",
     annotator=None,
+    prices: dict[str, dict[str, float]] | None = None,
 ) -> Profiles:
-    table = read_eval_table(paths, fmt, tasks_from_files=tasks_from_files, score_reading=score_reading)
+    """`prices`: see `read_eval_table` (answer lengths from RouterBench costs)."""
+    table = read_eval_table(paths, fmt, tasks_from_files=tasks_from_files, score_reading=score_reading, prices=prices)
     emb = encode_cached(encoder, table.queries, window=settings.window)
     return fit_profiles(table, emb, encoder=encoder, settings=settings, models=models, annotator=annotator)
 
@@ -169,7 +181,8 @@ def add_model(
     profiles: Profiles, table: EvalTable, model: str, embeddings: np.ndarray, *, name: str | None = None
 ) -> Profiles:
     """`profiles` with one more model, profiled from its rows of `table` on the existing taxonomy
-    (the same clusters, capabilities and tasks): the other models' vectors are not touched."""
+    (the same clusters, capabilities and tasks), answer lengths included where the table has them:
+    the other models' vectors are not touched."""
     from dataclasses import replace
 
     from router.method.profiles import element_means, knowledge_weights, rank_weights
@@ -207,9 +220,11 @@ def add_model(
         sums = np.bincount(ann.domains[:, 0], weights=np.nan_to_num(ot), minlength=len(out))
         counts = np.bincount(ann.domains[:, 0], weights=~np.isnan(ot), minlength=len(out))
         out[:, 0] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    lengths = _added_lengths(profiles, table, col, keep, ann)
     meta = dict(profiles.meta)
     meta["added_models"] = [*meta.get("added_models", []),
-                            {"model": name, "from": [Path(s).name for s in table.sources], "rows": int(keep.sum())}]
+                            {"model": name, "from": [Path(s).name for s in table.sources], "rows": int(keep.sum()),
+                             "answer_lengths": 0 if lengths is None else int(lengths.rows[-1])}]
     return replace(
         profiles,
         models=(*profiles.models, name),
@@ -218,7 +233,26 @@ def add_model(
         output_tokens=np.hstack([profiles.output_tokens, out]),
         task_profile=task_profile,
         meta=meta,
+        lengths=lengths,
     )  # fmt: skip
+
+
+def _added_lengths(profiles: Profiles, table: EvalTable, col: int, keep: np.ndarray, ann) -> LengthProfile | None:
+    """The profiles' length profiles with one more column: the added model's, fitted on its rows'
+    answer lengths (kappa cross-validated on them), or none for it (NaN) when the table has none.
+    None when neither the profiles nor the table have lengths."""
+    n_cap, n_know = len(profiles.capability_vectors), len(profiles.centroids)
+    n_tasks = len(profiles.tasks) if profiles.tasks else None
+    answers = None if table.output_tokens is None else table.output_tokens[keep, col : col + 1]
+    if answers is not None and np.isfinite(answers).any():
+        tasks = n_tasks if ann.tasks is not None else None
+        added, _ = fit_length_profile(ann, answers, n_cap=n_cap, n_know=n_know, n_tasks=tasks, alpha=profiles.alpha)
+    elif profiles.lengths is not None:
+        added = LengthProfile.empty(n_cap, n_know, n_tasks, 1)
+    else:
+        return None
+    before = profiles.lengths or LengthProfile.empty(n_cap, n_know, n_tasks, len(profiles.models))
+    return before.append(added)
 
 
 def remove_model(profiles: Profiles, model: str) -> Profiles:

@@ -1,5 +1,6 @@
 """Profiling a model with no evaluation data: answer an index set that has gold answers with the
-project's own generation stage, grade the answers, and return them as an evaluation table."""
+project's own generation stage, grade the answers, and return them (with their lengths) as an
+evaluation table."""
 
 from __future__ import annotations
 
@@ -57,6 +58,8 @@ def answer_and_grade(
     finally:
         engine.close()
     responses = out[S.RESPONSE].to_pylist()
+    # The answers' lengths and prompt tokens as the engine counted them: the model's length profile.
+    counted = {c: np.asarray(out[c].to_pylist(), dtype=np.float64)[:, None] for c in (S.OUTPUT_TOKENS, S.INPUT_TOKENS)}
     scores = []
     for r, response in zip(gradable, responses):
         g = grade(response, r.get("ground_truth", ""), r.get("metric", "em"))
@@ -70,5 +73,7 @@ def answer_and_grade(
         scores=score[known],
         task=[str(r.get("task_name", "")) for r, k in zip(gradable, known) if k],
         sources=(path,),
+        output_tokens=counted[S.OUTPUT_TOKENS][known].astype(np.float32),
+        input_tokens=counted[S.INPUT_TOKENS][known].astype(np.float32),
     )
     return table, skipped

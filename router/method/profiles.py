@@ -14,11 +14,17 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-PROFILE_VERSION = 1
+if TYPE_CHECKING:
+    from router.method.lengths import LengthProfile
+
+# Version 2 adds answer-length profiles (router.method.lengths); version 1 files still load, and
+# route as they did.
+PROFILE_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 PACKAGED = ("open9",)
 
 
@@ -35,8 +41,8 @@ PRODUCT_COLUMNS = 8
 SUM_TABLE_ENTRIES = 1 << 16
 
 
-def _list_codes(idx: np.ndarray, k: int) -> np.ndarray:
-    """Each row's ordered index list [N, r] (entries < k) as one number, its row in `_rank_sums`."""
+def list_codes(idx: np.ndarray, k: int) -> np.ndarray:
+    """Each row's ordered index list [N, r] (entries < k) as one number, its row in `rank_sum_table`."""
     code = idx[:, 0].copy()
     for j in range(1, idx.shape[1]):
         code *= k
@@ -130,6 +136,29 @@ def spherical_kmeans(x: np.ndarray, k: int, *, seed: int = 0, iterations: int = 
     return centroids
 
 
+def rank_sum_table(profile: np.ndarray, r: int, alpha: float) -> np.ndarray | None:
+    """[K^r, M]: sum_j w_j profile[i_j] for every ordered list (i_1, ..., i_r) of the profile's K
+    rows with the rank weights, at row (..(i_1 K + i_2) K ..) + i_r. None when it would have over
+    SUM_TABLE_ENTRIES rows."""
+    k, m = profile.shape
+    if r < 1 or k**r > SUM_TABLE_ENTRIES:
+        return None
+    w = rank_weights(r, alpha)
+    table = np.zeros((k,) * r + (m,), np.float32)
+    for j in range(r):
+        table += w[j] * profile.reshape([k if i == j else 1 for i in range(r)] + [m])
+    return table.reshape(k**r, m)
+
+
+def rank_weighted_rows(profile: np.ndarray, idx: np.ndarray, alpha: float, table: np.ndarray | None) -> np.ndarray:
+    """sum_j w_j profile[idx[:, j]] [N, M] for ranked lists idx [N, r]: one gather per row from
+    `table` (`rank_sum_table` of the profile) when there is one, else r gathers contracted with
+    the weights."""
+    if table is not None:
+        return np.take(table, list_codes(idx, len(profile)), axis=0)  # take: 4x faster than indexing
+    return np.einsum("j,njm->nm", rank_weights(idx.shape[1], alpha), profile[idx])
+
+
 @dataclass(frozen=True)
 class Annotation:
     """A batch's ranked capability and knowledge lists, as indices into the profile's taxonomy.
@@ -179,6 +208,9 @@ class Profiles:
     # (last row: bias), fitted on an LLM annotator's labels (router.method.annotate). When present,
     # `annotate` ranks their outputs instead of the nearest prototypes and centroids.
     heads: np.ndarray | None = None
+    # Answer-length profiles (router.method.lengths), fitted where the index set has answer lengths;
+    # None in files without them.
+    lengths: "LengthProfile | None" = None
 
     @property
     def dim(self) -> int:
@@ -229,21 +261,10 @@ class Profiles:
         return Annotation(capabilities=caps, domains=doms, tasks=self.task_index(tasks))
 
     def _rank_sums(self, which: str, r: int) -> np.ndarray | None:
-        """[K^r, M]: sum_j w_j profile[i_j] for every ordered list (i_1, ..., i_r) of the `which`
-        profile's rows (`cap` or `know`) with the rank weights, at row (..(i_1 K + i_2) K ..) + i_r;
-        built once per profiles object. None when it would have over SUM_TABLE_ENTRIES rows."""
+        """`rank_sum_table` of the `which` profile (`cap` or `know`), built once per profiles object."""
         key = f"_rank_sums_{which}_{r}"
         if key not in self.__dict__:  # cached like functools.cached_property (frozen dataclass)
-            profile = getattr(self, which)
-            k, m = profile.shape
-            table = None
-            if r >= 1 and k**r <= SUM_TABLE_ENTRIES:
-                w = rank_weights(r, self.alpha)
-                table = np.zeros((k,) * r + (m,), np.float32)
-                for j in range(r):
-                    table += w[j] * profile.reshape([k if i == j else 1 for i in range(r)] + [m])
-                table = table.reshape(k**r, m)
-            self.__dict__[key] = table
+            self.__dict__[key] = rank_sum_table(getattr(self, which), r, self.alpha)
         return self.__dict__[key]
 
     def score_annotated(self, ann: Annotation) -> np.ndarray:
@@ -252,14 +273,11 @@ class Profiles:
         gather per row from the table of rank-weighted sums of every top-r list where it is small,
         else r gathers [N, r, M] contracted with the weights."""
         w_task, wk = knowledge_weights(ann, self.alpha)
-        table = self._rank_sums("cap", ann.capabilities.shape[1])
-        if table is not None:
-            q = table[_list_codes(ann.capabilities, len(self.cap))]
-        else:
-            q = np.einsum("j,njm->nm", rank_weights(ann.capabilities.shape[1], self.alpha), self.cap[ann.capabilities])
+        r_cap = ann.capabilities.shape[1]
+        q = rank_weighted_rows(self.cap, ann.capabilities, self.alpha, self._rank_sums("cap", r_cap))
         table = self._rank_sums("know", ann.domains.shape[1]) if ann.tasks is None else None  # rows share weights
         if table is not None:
-            q += table[_list_codes(ann.domains, len(self.know))]
+            q += np.take(table, list_codes(ann.domains, len(self.know)), axis=0)
         else:
             q += np.einsum("nj,njm->nm", wk, self.know[ann.domains])
         if ann.tasks is not None and self.task_profile is not None:
@@ -272,8 +290,26 @@ class Profiles:
         return self.score_annotated(self.annotate(embeddings, tasks))
 
     def expected_output_tokens(self, ann: Annotation) -> np.ndarray:
-        """Predicted answer length [N, M] from the top domain's statistics (NaN where unknown)."""
-        return self.output_tokens[ann.domains[:, 0]]
+        """Expected answer tokens [N, M] (float32): from the length profile for models that have one
+        (per row, from its capabilities, clusters and task), else the mean of the row's top
+        cluster where a file of version 1 has it; NaN where neither has data (the plan then falls
+        back to the config). See `length_source`."""
+        if self.lengths is None or not self.lengths.known.any():
+            return self.output_tokens[ann.domains[:, 0]]
+        out = self.lengths.predict(ann, self.alpha)
+        unknown = np.flatnonzero(~self.lengths.known)
+        if unknown.size:
+            out[:, unknown] = self.output_tokens[ann.domains[:, :1], unknown]
+        return out
+
+    @property
+    def length_source(self) -> tuple[str, ...]:
+        """Per model, where `expected_output_tokens` comes from: `profile` (its length profile),
+        `clusters` (per-cluster means, some clusters only) or `none` (no length data: the plan uses
+        the config's `expected_output_tokens` or `budget.default_output_tokens`)."""
+        known = self.lengths.known if self.lengths is not None else np.zeros(len(self.models), bool)
+        clusters = np.isfinite(self.output_tokens).any(axis=0)
+        return tuple("profile" if k else "clusters" if c else "none" for k, c in zip(known, clusters))
 
     def select(self, models: Sequence[str]) -> "Profiles":
         """The same profiles restricted to (and ordered as) `models`."""
@@ -291,6 +327,7 @@ class Profiles:
             cap=self.cap[:, cols],
             output_tokens=self.output_tokens[:, cols],
             task_profile=None if self.task_profile is None else self.task_profile[:, cols],
+            lengths=None if self.lengths is None else self.lengths.select(cols),
         )
 
     def save(self, path: str | Path) -> None:
@@ -311,6 +348,8 @@ class Profiles:
         extra = {} if self.task_profile is None else {"task_profile": self.task_profile}
         if self.heads is not None:
             extra["heads"] = self.heads
+        if self.lengths is not None:
+            extra.update(self.lengths.arrays())
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as f:
@@ -339,11 +378,13 @@ def load_profiles(path: str | Path) -> Profiles:
         raise FileNotFoundError(f"profile file {str(p)!r} not found; build one with `router profile`")
     with np.load(p, allow_pickle=False) as z:
         meta = json.loads(z["meta"].tobytes().decode())
-        if meta.get("version") != PROFILE_VERSION:
+        if meta.get("version") not in READABLE_VERSIONS:
             raise ValueError(
                 f"profile file {str(p)!r} has version {meta.get('version')}, this router reads "
-                f"version {PROFILE_VERSION}; rebuild it with `router profile`"
+                f"versions {', '.join(map(str, READABLE_VERSIONS))}; rebuild it with `router profile`"
             )
+        from router.method.lengths import LengthProfile
+
         return Profiles(
             models=tuple(meta["models"]),
             centroids=z["centroids"].astype(np.float32),
@@ -362,6 +403,7 @@ def load_profiles(path: str | Path) -> Profiles:
             tasks=tuple(meta.get("tasks", ())),
             task_profile=z["task_profile"].astype(np.float32) if "task_profile" in z.files else None,
             heads=z["heads"].astype(np.float32) if "heads" in z.files else None,
+            lengths=LengthProfile.from_arrays(z),
         )
 
 
@@ -406,13 +448,16 @@ def build_profiles(
     knowledge: np.ndarray | None = None,
     annotation: Annotation | None = None,
     heads: np.ndarray | None = None,
+    length_kappa: float | None = None,
 ) -> Profiles:
     """Profiles from an index set: embeddings [N, D], scores [N, M] in [0, 1] (NaN: not evaluated).
 
     By default the knowledge elements are `n_clusters` clusters of the embeddings and the index
     queries are annotated by nearness. `knowledge` [K, D] fixes the elements instead (named by
     `domain_names`), `annotation` gives the index queries' lists from another annotator, and
-    `heads` is stored for routing (router.method.annotate)."""
+    `heads` is stored for routing (router.method.annotate). `output_tokens` [N, M] (the answers'
+    lengths, NaN unknown) adds answer-length profiles (router.method.lengths), shrunk with
+    `length_kappa` (None: chosen by cross-validation)."""
     emb = normalize(embeddings)
     scores = np.asarray(scores, dtype=np.float32)
     if scores.shape != (len(emb), len(models)):
@@ -473,4 +518,21 @@ def build_profiles(
         np.add.at(sums, top, np.nan_to_num(ot))
         np.add.at(counts, top, ~np.isnan(ot))
         out = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).astype(np.float32)
-    return replace(profiles, know=know, cap=cap, output_tokens=out, task_profile=task_profile)
+    lengths = None
+    if output_tokens is not None and np.isfinite(output_tokens).any():
+        from router.method.lengths import fit_length_profile
+
+        lengths, record = fit_length_profile(
+            ann, output_tokens, n_cap=len(cap_vectors), n_know=n_clusters,
+            n_tasks=len(profiles.tasks) if ann.tasks is not None else None, alpha=alpha, kappa=length_kappa, seed=seed,
+        )  # fmt: skip
+        names = profiles.models
+        profiles.meta["lengths"] = {
+            "fit": "Poisson regression with a log link on rank-weighted capabilities and clusters, a task factor "
+                   "(router.method.lengths)",
+            "kappa_chosen_by": record["kappa_chosen_by"],
+            "kappa": {m: float(k) for m, k, r in zip(names, lengths.kappa, lengths.rows) if r},
+            "rows": {m: int(r) for m, r in zip(names, lengths.rows)},
+            "cv_deviance": {names[t]: e for t, e in record["cv_deviance"].items()},
+        }  # fmt: skip
+    return replace(profiles, know=know, cap=cap, output_tokens=out, task_profile=task_profile, lengths=lengths)
