@@ -13,6 +13,7 @@ import time
 import pyarrow as pa
 
 from router.config import JobConfig
+from router.cost import planned_output_tokens
 from router.job import build
 from router.job.budget_passes import SummarySink, group_source, model_caps, solve_route, summary_sink
 from router.job.cluster import driver_batches, init_ray, log, small_job, wants_gpus
@@ -74,6 +75,23 @@ def check_caps(cfg: JobConfig, by_model: list[ModelTally]) -> None:
                 f"(max_rows {m.max_rows}, max_spend {m.max_spend}); ids in the input repeat?")  # fmt: skip
 
 
+def answer_lengths(cfg: JobConfig) -> dict[str, str]:
+    """Per pool model, what its answers are planned at: `max_tokens` (hard mode), its length
+    profile, per-cluster means, or the config's length where the profiles have no length data."""
+    if cfg.budget.mode == "hard":
+        return {m.name: f"max_tokens ({m.max_tokens})" for m in cfg.models}
+    sources = load_profiles(cfg.profiles).select(cfg.model_names).length_source
+    planned = {
+        "profile": "length profile",
+        "clusters": "per-cluster means (the config's length elsewhere)",
+    }
+    return {
+        m.name: planned.get(src) or "config ({} tokens: no length data in the profiles)".format(
+            planned_output_tokens(m.expected_output_tokens, cfg.budget.default_output_tokens, m.max_tokens))
+        for m, src in zip(cfg.models, sources)
+    }
+
+
 def encode_and_route(cfg: JobConfig, result: RunResult, skip_ids: pa.Array | None = None):
     """Encode, score and solve the budget; returns the assigned dataset (materialised) and records
     the plan, the frontier, the phases and what each model got in `result`."""
@@ -82,6 +100,7 @@ def encode_and_route(cfg: JobConfig, result: RunResult, skip_ids: pa.Array | Non
     scored = scored_dataset(cfg, sink, skip_ids)
     n = scored.count()
     result.n_rows = n
+    result.answer_lengths = answer_lengths(cfg)
     result.phases.append(Phase("read+encode+score", n, time.perf_counter() - t0))
     log(f"encoded and scored {n} rows in {result.phases[-1].seconds:.1f}s ({result.phases[-1].rows_per_s:.0f} rows/s)")
     t0 = time.perf_counter()
