@@ -179,8 +179,8 @@ def feed_through_feeders(cfg: JobConfig, rows, started: StartedEngines, fence: s
 def feed_from_driver(cfg: JobConfig, rows: Iterable[pa.Table], started: StartedEngines, fence: str) -> Committed:
     """A small job's rows for started engines, fed from the driver: calls of generation.batch_size
     rows, CALLS_IN_FLIGHT per engine, answers committed in shards of about generation.shard_rows as
-    they come. A Ray Data pass here would first start its feeder actors and task workers (3-7 s
-    before the first batch reached the engine on 2 cores); the engines' restarts and retries are
+    they come. A Ray Data pass here would first start its feeder actors and task workers (seconds
+    before the first batch reached the engine); the engines' restarts and retries are
     the same either way (`engine_restarts`)."""
     import ray
 

@@ -65,7 +65,7 @@ class StageSpec:
 def tokenizes_apart(cfg: JobConfig, encoder_on_gpu: bool) -> bool:
     """GPU encoders get their rows tokenized by CPU actors, so the GPU only embeds. A CPU encoder
     tokenizes its own batches: tokenizing is a few percent of its time (bench/encode.py), where a
-    process of its own cost about 3 s of a small job on 2 cores."""
+    process of its own costs seconds of a small job."""
     return cfg.encoder.backend != "sentence-transformers" and encoder_on_gpu
 
 

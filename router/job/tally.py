@@ -147,8 +147,8 @@ class OutputScan:
 
 def scan_output(output: str) -> OutputScan:
     """Rows and sums per model and status, and counts of each row's top capability and top domain,
-    from the written rows: one streaming pass on this machine over the few columns it needs (a
-    Ray Data pass cost 5-7 s of task start-up on a small job)."""
+    from the written rows: one streaming pass in the driver over the few columns it needs (a Ray
+    Data pass would cost seconds of task start-up on a small job)."""
     import pyarrow.dataset as pads
 
     from router.stages.read import filesystem
