@@ -1,4 +1,4 @@
-"""The `router` command: plan, run and profile (DESIGN.md 7)."""
+"""The `router` command: plan, run, report, profile and eval."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ OVER_BUDGET = "over_budget"
 GENERATION_ERROR = "generation_error"
 STATUSES = (OK, INVALID_INPUT, TOO_LONG, OVER_BUDGET, GENERATION_ERROR)
 
-# Columns the output adds to the pass-through ones, in order (DESIGN.md section 7).
+# Columns the output adds to the pass-through ones, in order.
 OUTPUT_COLUMNS = (
     MODEL,
     STATUS,

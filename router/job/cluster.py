@@ -15,16 +15,14 @@ import pyarrow as pa
 from router.config import JobConfig
 
 # Rows per batch for the vectorised stages (score, budget, assign): large enough that numpy's
-# per-call and Arrow's per-batch costs vanish (the stages block their own work for the cache).
-# On one core the routing stage ran at 375k rows/s in batches of 8192 and 480-570k in 65,536
-# (bench/route.py --batch). A batch of embeddings is about 100 MB.
+# per-call and Arrow's per-batch costs vanish (the stages block their own work for the cache; see
+# bench/route.py --batch and bench/README.md). A batch of embeddings is about 100 MB.
 ROUTE_BATCH = 1 << 16
 
 # A job of at most this many rows runs the passes after scoring (the budget's second pass, the
 # frontier's sample, the assignment and its tally) in the driver, on the materialised blocks: on a
-# small job the work takes milliseconds, while starting Ray worker processes for it took seconds
-# (about 3 s for the first task pass after encoding and 1.5 s for the Assigner's actor, on 2
-# cores). Larger jobs run them as Ray Data passes, spread over the cluster. The driver holds one
+# small job the work takes milliseconds, while starting Ray worker processes for it takes seconds.
+# Larger jobs run them as Ray Data passes, spread over the cluster. The driver holds one
 # batch at a time, and the assigned rows of such a job (a few MB: no embeddings by then).
 SMALL_JOB_ROWS = 50_000
 

@@ -1,5 +1,4 @@
-"""Who gives a query its ranked capability and knowledge lists (DESIGN.md 3, "How queries are
-annotated"): the embedding annotator (nearest prototypes and clusters), the paper's LLM annotator
+"""Who gives a query its ranked capability and knowledge lists: the embedding annotator (nearest prototypes and clusters), the paper's LLM annotator
 (an auxiliary model served by the project's vLLM stage), and linear heads distilled from the LLM's
 labels, which annotate at embedding cost and are what the pipeline routes with.
 

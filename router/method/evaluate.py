@@ -1,5 +1,5 @@
 """`router eval`: fit profiles on a training table, route a held-out test table, and compare the
-router with the baselines a user would otherwise pick (DESIGN.md 3, "Quality bar").
+router with the baselines a user would otherwise pick.
 
 Budgets and lambda are chosen from predicted costs only; test scores are used for scoring the
 result, never for choosing it.

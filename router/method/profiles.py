@@ -37,7 +37,7 @@ PRODUCT_COLUMNS = 8
 
 
 # Rows of the largest table of rank-weighted profile sums `Profiles.score_annotated` gathers from
-# (each of M floats: 32^3 clusters x 9 models is 1.2 MB): one gather per row instead of r, 2x faster.
+# (each of M floats: 32^3 clusters x 9 models is 1.2 MB): one gather per row instead of r.
 SUM_TABLE_ENTRIES = 1 << 16
 
 
@@ -155,7 +155,7 @@ def rank_weighted_rows(profile: np.ndarray, idx: np.ndarray, alpha: float, table
     `table` (`rank_sum_table` of the profile) when there is one, else r gathers contracted with
     the weights."""
     if table is not None:
-        return np.take(table, list_codes(idx, len(profile)), axis=0)  # take: 4x faster than indexing
+        return np.take(table, list_codes(idx, len(profile)), axis=0)  # np.take: much faster than fancy indexing
     return np.einsum("j,njm->nm", rank_weights(idx.shape[1], alpha), profile[idx])
 
 
@@ -248,7 +248,7 @@ class Profiles:
             )
         # One product per block of rows (a narrow one for the few capabilities alone runs far
         # below the machine's speed), small enough that the argmax passes that use it as scratch
-        # space read it from cache: 1.3x faster than one product over the whole batch.
+        # space read it from cache (faster than one product over the whole batch: bench/route.py).
         # The few capabilities are ranked over the whole batch at once, transposed (top_r_columns).
         k, c, n = len(self.centroids), len(self.capability_vectors), len(emb)
         cap_sims = np.empty((c, n), np.float32)
@@ -415,7 +415,7 @@ def _tag_matrix(idx: np.ndarray, n_elements: int, weights: np.ndarray) -> np.nda
 
 
 def element_means(idx: np.ndarray, n_elements: int, weights: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """(A^T @ values) / N_e where N_e counts the queries tagged with element e (DESIGN.md 3)."""
+    """(A^T @ values) / N_e where N_e counts the queries tagged with element e."""
     a = _tag_matrix(idx, n_elements, weights)
     counts = (a > 0).sum(axis=0).astype(np.float32)
     sums = a.T @ values
