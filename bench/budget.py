@@ -32,7 +32,19 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from router import budget as B  # noqa: E402
+from router.budget import (  # noqa: E402
+    BudgetPlan,
+    BudgetSummary,
+    PriceWindow,
+    assign,
+    collect_bin,
+    critical_bin,
+    price_window,
+    solve_budget,
+    solve_lambda,
+    summarize,
+    window_choices,
+)
 from router.budget.windowed import SAMPLE_ROWS  # noqa: E402
 
 # Rows per block of the baseline argmax pass: the same cache-sized blocks the solver walks.
@@ -178,21 +190,21 @@ def bench_in_memory(rows: int, models: int, dtype: type, repeat: int, naive_repe
     print(f"\n## In memory: {rows:,} rows x {models} models, {np.dtype(dtype).name} "
           f"({gib(quality.nbytes + cost.nbytes)} of input, made in {time.perf_counter() - t0:.1f}s)")  # fmt: skip
 
-    sol = B.solve_budget(quality, cost, budget)  # warm-up, and lam* for the baselines
+    sol = solve_budget(quality, cost, budget)  # warm-up, and lam* for the baselines
     out = np.empty(rows, np.int64)
     base_t, whole_t, solve_t, naive_t, ratios, speedups = [], [], [], [], [], []
     passes = 0
     for r in range(repeat):
         base_t.append(timed(lambda: argmax_pass(quality, cost, sol.lam, out)))
         whole_t.append(timed(lambda: argmax_whole(quality, cost, sol.lam, out)))
-        solve_t.append(timed(lambda: B.solve_budget(quality, cost, budget)))
+        solve_t.append(timed(lambda: solve_budget(quality, cost, budget)))
         ratios.append(solve_t[-1] / min(base_t[-1], whole_t[-1]))
         if r < naive_repeat:
             naive = {}
             naive_t.append(timed(lambda: naive.update(result=bisection(quality, cost, budget))))
             passes = naive["result"][1]
             speedups.append(naive_t[-1] / solve_t[-1])
-    peak = peak_extra_bytes(lambda: B.solve_budget(quality, cost, budget))
+    peak = peak_extra_bytes(lambda: solve_budget(quality, cost, budget))
     med = statistics.median
 
     print(f"budget {budget:.6g} (halfway from the cheapest to the best models): lam* = {sol.lam:.6g}, "
@@ -237,13 +249,13 @@ def bench_ray(rows: int, models: int, dim: int, batch_rows: int, repeat: int, fu
     class SummarySink:
         """Merges the batch summaries the routing pass sends: the driver's O(histogram) state."""
 
-        def __init__(self, window: B.PriceWindow | None):
-            self.merged = B.BudgetSummary.empty(window=window)
+        def __init__(self, window: PriceWindow | None):
+            self.merged = BudgetSummary.empty(window=window)
 
-        def add(self, summary: B.BudgetSummary) -> None:
+        def add(self, summary: BudgetSummary) -> None:
             self.merged = self.merged.merge(summary)
 
-        def get(self) -> B.BudgetSummary:
+        def get(self) -> BudgetSummary:
             return self.merged
 
     def route(batch: dict[str, np.ndarray], sink=None, window=None) -> dict[str, np.ndarray]:
@@ -253,8 +265,8 @@ def bench_ray(rows: int, models: int, dim: int, batch_rows: int, repeat: int, fu
         if sink is not None:  # the budget's summary rides on the routing pass
             if window is not None:
                 # Each row's model across the window, kept for the assignment pass.
-                out["window_choice"] = B.window_choices(quality, cost, window)
-            summary = B.summarize(quality, cost, window=window, keys=ids, choices=out.get("window_choice"))
+                out["window_choice"] = window_choices(quality, cost, window)
+            summary = summarize(quality, cost, window=window, keys=ids, choices=out.get("window_choice"))
             ray.get(sink.add.remote(summary))
         return out
 
@@ -262,12 +274,12 @@ def bench_ray(rows: int, models: int, dim: int, batch_rows: int, repeat: int, fu
         return {"id": batch["id"], "model": batch["quality"].argmax(axis=1)}
 
     def collect(batch: dict[str, np.ndarray], bin: int, window) -> dict[str, np.ndarray]:
-        lam, drop, keys = B.collect_bin(batch["quality"], batch["cost"], batch["id"], bin, window=window)
+        lam, drop, keys = collect_bin(batch["quality"], batch["cost"], batch["id"], bin, window=window)
         return {"lam": lam, "drop": drop, "key": keys}
 
-    def assign(batch: dict[str, np.ndarray], plan: B.BudgetPlan, window) -> dict[str, np.ndarray]:
+    def assign_at_plan(batch: dict[str, np.ndarray], plan: BudgetPlan, window) -> dict[str, np.ndarray]:
         choices = batch.get("window_choice") if window is not None else None
-        model = B.assign(batch["quality"], batch["cost"], plan, batch["id"], window=window, choices=choices)
+        model = assign(batch["quality"], batch["cost"], plan, batch["id"], window=window, choices=choices)
         return {"id": batch["id"], "model": model}
 
     def routed(**kwargs) -> ray.data.Dataset:
@@ -277,27 +289,27 @@ def bench_ray(rows: int, models: int, dim: int, batch_rows: int, repeat: int, fu
     def unbudgeted() -> None:
         routed().map_batches(argmax_assign, batch_size=batch_rows).materialize()
 
-    def budgeted(windowed: bool) -> B.BudgetPlan:
+    def budgeted(windowed: bool) -> BudgetPlan:
         # The budget: halfway from the cheapest models to the best ones, known from the
         # generator's pilot below (a real job states it in its config).
         pilot_q, pilot_c = synth.batch(rows + 1, min(rows, SAMPLE_ROWS), np.float32)
         budget = rows / pilot_q.shape[0] * midpoint_budget(pilot_q, pilot_c.astype(np.float64))
         # A pilot sample (a real job routes a random sample of its input first) places the window.
-        window = B.price_window(pilot_q, pilot_c, budget, rows) if windowed else None
+        window = price_window(pilot_q, pilot_c, budget, rows) if windowed else None
         sink = SummarySink.remote(window)
         data = routed(sink=sink, window=window)
         merged = ray.get(sink.get.remote())
-        bin = B.critical_bin(merged, budget)  # PriceWindowMissed would mean: redo without the window
+        bin = critical_bin(merged, budget)  # PriceWindowMissed would mean: redo without the window
         if merged.breakpoints is not None:  # the window's breakpoints came with the summaries
-            plan = B.solve_lambda(merged, budget)
+            plan = solve_lambda(merged, budget)
         else:
             found = ray.get(data.map_batches(collect, fn_kwargs=dict(bin=bin, window=window), batch_size=batch_rows)
                             .to_numpy_refs())  # fmt: skip
             lam, drop, keys = (np.concatenate([part[k] for part in found]) for k in ("lam", "drop", "key"))
-            plan = B.solve_lambda(merged, budget, lam, drop, keys)
+            plan = solve_lambda(merged, budget, lam, drop, keys)
         if windowed:
             passes.append(2 if merged.breakpoints is not None else 3)
-        data.map_batches(assign, fn_kwargs=dict(plan=plan, window=window), batch_size=batch_rows).materialize()
+        data.map_batches(assign_at_plan, fn_kwargs=dict(plan=plan, window=window), batch_size=batch_rows).materialize()
         return plan
 
     passes: list[int] = []

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from route import synthetic  # noqa: E402  (bench/route.py: the encoder stage's rows)
 
-from router import budget as B  # noqa: E402
+from router.budget import ModelCap  # noqa: E402
 from router.config import load_config  # noqa: E402
 from router.job.budget_passes import solve_capped_plan, solve_group_plan, solve_plan, summary_sink  # noqa: E402
 from router.job.tally import tally  # noqa: E402
@@ -91,7 +91,7 @@ def main() -> None:
     base = assigned(plain, skip)
     busiest = max(base, key=lambda m: base[m][0])
     cap = base[busiest][0] // 2
-    caps = {cfg.model_names.index(busiest): B.ModelCap(max_rows=cap)}
+    caps = {cfg.model_names.index(busiest): ModelCap(max_rows=cap)}
     t = time.perf_counter()
     capped, cskip = solve_capped_plan(scored, budget, caps)
     capped_s = time.perf_counter() - t

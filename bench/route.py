@@ -35,7 +35,7 @@ import pyarrow as pa  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from router import budget as B  # noqa: E402
+from router.budget import collect_bin, critical_bin, solve_lambda, summarize  # noqa: E402
 from router import schema as S  # noqa: E402
 from router.config import load_config  # noqa: E402
 from router.backends.encoder import embeddings_to_arrow# noqa: E402
@@ -77,9 +77,9 @@ def one_core(cfg, n: int) -> None:
     q, c = budget_matrices(scored)  # as the budget's passes read them
     cheapest, best = np.nanmin(c, 1), c[np.arange(n), np.nanargmax(q, 1)]
     budget = 0.5 * float(np.nansum(cheapest, dtype=float) + np.nansum(best, dtype=float))
-    summary = B.summarize(q, c)
-    bin = B.critical_bin(summary, budget)
-    plan = B.solve_lambda(summary, budget, *B.collect_bin(q, c, keys_of(scored), bin))
+    summary = summarize(q, c)
+    bin = critical_bin(summary, budget)
+    plan = solve_lambda(summary, budget, *collect_bin(q, c, keys_of(scored), bin))
     assigner = Assigner(cfg.model_names, plan, False)
     rows = [
         ("baseline: embeddings x taxonomy (one matrix product)", best_of(lambda: emb @ taxonomy)),
@@ -95,7 +95,7 @@ def one_core(cfg, n: int) -> None:
     # What the hulls the Scorer keeps save: the same passes walking every row again.
     walked = Assigner(cfg.model_names, plan, False)
     unkept = scored.drop_columns([S.HULL])
-    again = best_of(lambda: B.collect_bin(*budget_matrices(unkept), keys_of(unkept), bin)) + best_of(
+    again = best_of(lambda: collect_bin(*budget_matrices(unkept), keys_of(unkept), bin)) + best_of(
         lambda: walked(unkept))
     print(f"(pass 2 and the Assigner walking every row again instead: {again * 1e3:.1f} ms)")
 

@@ -24,7 +24,7 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from router import budget as B  # noqa: E402
+from router.budget import BudgetPlan, solve_budget  # noqa: E402
 from router import schema as S  # noqa: E402
 from router.config import load_config  # noqa: E402
 from router.backends.encoder import embeddings_to_arrow
@@ -80,10 +80,10 @@ def main() -> None:
     q = matrix_from_column(scored[S.QUALITY])
     c = matrix_from_column(scored[S.COST]).astype(np.float64)
     budget = 0.5 * float(np.nansum(np.nanmin(c, axis=1)) + np.nansum(c[np.arange(len(c)), np.nanargmax(q, 1)]))
-    sol, sec = timed(lambda: B.solve_budget(q, c, budget))
+    sol, sec = timed(lambda: solve_budget(q, c, budget))
     results.append(("budget (solve_budget, binding)", len(q), sec))
 
-    plan = B.BudgetPlan(lam=sol.lam, tie_key=None, predicted_cost=sol.total_cost)
+    plan = BudgetPlan(lam=sol.lam, tie_key=None, predicted_cost=sol.total_cost)
     assigner = Assigner(cfg.model_names, plan, allow_skip=False)
     assigned, sec = timed(lambda: pa.concat_tables(assigner(b) for b in _batches(scored, ROUTE_BATCH)))
     results.append(("assign (Assigner)", assigned.num_rows, sec))

@@ -168,7 +168,7 @@ def test_small_jobs_route_in_the_driver_as_large_ones_do_through_ray(job, monkey
     passes. Both must give the same plans (budget, caps, groups), assignment and tally."""
     import numpy as np
 
-    from router import budget as B
+    from router.budget import ModelCap
     from router.job import cluster
     from router.job.budget_passes import solve_capped_plan, solve_group_plan, solve_plan
     from router.job.plan import assign_rows, scored_dataset
@@ -177,7 +177,7 @@ def test_small_jobs_route_in_the_driver_as_large_ones_do_through_ray(job, monkey
     cfg = job[0]
     scored = scored_dataset(cfg)
     assert cluster.small_job(scored)
-    caps = {0: B.ModelCap(max_rows=3, max_cost=None)}
+    caps = {0: ModelCap(max_rows=3, max_cost=None)}
 
     def everything():
         plan, skip = solve_plan(scored, cfg.budget.total)

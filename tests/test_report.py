@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import run_cli
-from router import budget as B
+from router.budget import BudgetPlan, solve_budget
 from router import schema as S
 from router.config import load_config
 from router.job.frontier import predicted_frontier
@@ -87,7 +87,7 @@ def finished(tmp_path_factory):
     rng = np.random.default_rng(1)
     quality = rng.uniform(0.3, 0.9, (100, 9)).astype(np.float32)
     cost = rng.uniform(1e-6, 4e-5, (100, 9))
-    result = RunResult(output=str(out), n_rows=len(rows), plan=B.BudgetPlan(lam=0.5, tie_key=None,
+    result = RunResult(output=str(out), n_rows=len(rows), plan=BudgetPlan(lam=0.5, tie_key=None,
                        predicted_cost=0.0019), budget=0.002, allow_skip=False, standin=True,
                        phases=[Phase("read+encode+score", 120, 3.0), Phase("budget solve", 120, 0.5)],
                        frontier=predicted_frontier(quality, cost, len(rows), 0.002))  # fmt: skip
@@ -218,7 +218,7 @@ def test_frontier_rises_with_spend_and_passes_through_the_budget():
         assert len(side) >= 2 and np.all(np.diff([p["quality"] for p in side]) >= -1e-9)
     assert all(p["rows_skipped"] == 0 for p in pts if p["budget_usd"] >= f["cheapest_usd"])
     assert math.isclose(pts[-1]["cost_usd"], f["best_quality_usd"]) and pts[-1]["rows_skipped"] == 0
-    at_budget = B.solve_budget(quality, cost, budget, allow_skip=True)
+    at_budget = solve_budget(quality, cost, budget, allow_skip=True)
     assert any(math.isclose(p["quality"], at_budget.total_quality) for p in pts)
     # A sample stands for the whole file: sums scale by rows / sample rows.
     scaled = predicted_frontier(quality, cost, 4000, budget * 10)
@@ -233,7 +233,7 @@ def test_terminal_summary_shows_models_totals_and_phases(finished):
                    output_tokens=e["out"], predicted_quality=e["q"])
         for m, e in _expected_by_model(rows).items()
     ]  # fmt: skip
-    result = RunResult(output=str(out), n_rows=120, plan=B.BudgetPlan(0.5, None, 0.0019), budget=0.002,
+    result = RunResult(output=str(out), n_rows=120, plan=BudgetPlan(0.5, None, 0.0019), budget=0.002,
                        allow_skip=False, by_model=by_model, by_status={S.OK: 90, S.OVER_BUDGET: 12},
                        phases=[Phase("read+encode+score", 120, 3.0), Phase("generate (x)", 96, 48.0)])  # fmt: skip
     text = format_summary(cfg, result)

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from router import budget as B
+from router.budget import BudgetPlan, collect_bin, critical_bin, solve_lambda, summarize
 from router import schema as S
 from router.config import load_config
 from router.backends.encoder import embeddings_to_arrow
@@ -32,10 +32,10 @@ def scored():
     return cfg, Scorer(cfg.profiles, PoolArrays.from_config(cfg))(batch)
 
 
-def _walked_plan(t: pa.Table, budget: float) -> B.BudgetPlan:
+def _walked_plan(t: pa.Table, budget: float) -> BudgetPlan:
     q, c = budget_matrices(t)  # as every pass of the budget reads them
-    summary = B.summarize(q, c)
-    return B.solve_lambda(summary, budget, *B.collect_bin(q, c, keys_of(t), B.critical_bin(summary, budget)))
+    summary = summarize(q, c)
+    return solve_lambda(summary, budget, *collect_bin(q, c, keys_of(t), critical_bin(summary, budget)))
 
 
 @pytest.mark.parametrize("fraction", [0.05, 0.5, 0.95])
@@ -51,11 +51,11 @@ def test_kept_hulls_route_slices_as_walking_does(scored, fraction):
     walked = t.drop_columns([S.HULL])
     for a, b in [(0, t.num_rows), (0, 1000), (1000, 2500), (2500, t.num_rows), (17, 18), (40, 40)]:
         part, bare = t.slice(a, b - a), walked.slice(a, b - a)
-        bin = B.critical_bin(B.summarize(q, c), budget)
+        bin = critical_bin(summarize(q, c), budget)
         kept, again = collect_rows(part, bin, False), collect_rows(bare, bin, False)
         assert kept.sort_by("key").equals(again.sort_by("key"))
         for tie_key in (plan.tie_key, None, "r01000"):
-            at = B.BudgetPlan(plan.lam, tie_key, plan.predicted_cost)
+            at = BudgetPlan(plan.lam, tie_key, plan.predicted_cost)
             fast, slow = Assigner(cfg.model_names, at, False)(part), Assigner(cfg.model_names, at, False)(bare)
             assert S.HULL not in fast.column_names
             assert fast.equals(slow)

@@ -13,7 +13,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from router import budget as B
+from router.budget import (
+    BudgetPlan,
+    BudgetSummary,
+    CappedPlan,
+    GroupPlan,
+    Hulls,
+    assign,
+    assign_capped,
+    assign_hulls,
+    summarize_hulls,
+)
 from router import schema as S
 from router.config import JobConfig
 from router.cost import cost_matrix, estimate_input_tokens, planned_output_tokens
@@ -67,13 +77,13 @@ def matrix_from_column(column) -> np.ndarray:
     return embeddings_from_arrow(column)
 
 
-def _hull_column(hulls: B.Hulls) -> pa.ListArray:
+def _hull_column(hulls: Hulls) -> pa.ListArray:
     """list<struct<lam: float64, model: int16>>: each row's hull walk (`router.budget.Hulls`)."""
     entries = pa.StructArray.from_arrays([pa.array(hulls.lam), pa.array(hulls.model)], names=["lam", "model"])
     return pa.ListArray.from_arrays(pa.array(hulls.offsets.astype(np.int32)), entries)
 
 
-def hulls_from_column(column) -> B.Hulls:
+def hulls_from_column(column) -> Hulls:
     """The `Hulls` a Scorer stored (no copy when the column is one chunk)."""
     if isinstance(column, pa.ChunkedArray):
         column = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
@@ -81,7 +91,7 @@ def hulls_from_column(column) -> B.Hulls:
     offsets = column.offsets.to_numpy().astype(np.int64)
     lam, model = column.values.flatten()
     first, end = (int(offsets[0]), int(offsets[-1])) if offsets.size else (0, 0)
-    return B.Hulls(offsets - first, lam.to_numpy()[first:end], model.to_numpy()[first:end])
+    return Hulls(offsets - first, lam.to_numpy()[first:end], model.to_numpy()[first:end])
 
 
 class Scorer:
@@ -94,7 +104,7 @@ class Scorer:
     critical-bin pass and the Assigner read it instead of walking again."""
 
     def __init__(self, profiles: str, pool: PoolArrays, task_column: str | None = None,
-                 summary_sink: Callable[[pa.Table, B.BudgetSummary], None] | None = None):
+                 summary_sink: Callable[[pa.Table, BudgetSummary], None] | None = None):
         self.profiles: Profiles = load_profiles(profiles).select(pool.models)
         self.pool = pool
         self.task_column = task_column
@@ -133,7 +143,7 @@ class Scorer:
         cost32 = cost.astype(np.float32)
         # The budget's first pass rides on this one: the summary (and hulls) of exactly the
         # numbers the later passes read back (`budget_matrices`).
-        summary, hulls = B.summarize_hulls(quality, cost32)
+        summary, hulls = summarize_hulls(quality, cost32)
         if self.summary_sink is not None:
             self.summary_sink(batch, summary)
         out = batch.drop_columns([S.EMBEDDING, S.STATUS])
@@ -179,7 +189,7 @@ def budget_matrices(batch: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     return matrix_from_column(batch[S.QUALITY]), matrix_from_column(batch[S.COST])
 
 
-RoutePlan = B.BudgetPlan | B.CappedPlan | B.GroupPlan
+RoutePlan = BudgetPlan | CappedPlan | GroupPlan
 """What the driver decided: a price (and tie rule), prices under caps, or one model per group."""
 
 
@@ -191,9 +201,9 @@ class Assigner:
         self.plan = plan
         self.allow_skip = allow_skip
         self.group_column = group_column
-        if isinstance(plan, B.GroupPlan):
+        if isinstance(plan, GroupPlan):
             self.skipped = "the budget (or a model's cap) cannot pay for this row's group"
-        elif isinstance(plan, B.CappedPlan):
+        elif isinstance(plan, CappedPlan):
             self.skipped = "no model for this row within the budget and the models' caps"
         else:
             self.skipped = "the budget cannot pay for this row"
@@ -203,17 +213,17 @@ class Assigner:
         walked in float32, as every pass of the plain budget walks it (`budget_matrices`); caps and
         groups read it in float64, as their passes do (`cost_from_batch`)."""
         plan = self.plan
-        if isinstance(plan, B.BudgetPlan):
+        if isinstance(plan, BudgetPlan):
             if not self.allow_skip and S.HULL in batch.column_names:
-                return B.assign_hulls(hulls_from_column(batch[S.HULL]), plan, keys_at(batch))
+                return assign_hulls(hulls_from_column(batch[S.HULL]), plan, keys_at(batch))
             # Row keys break ties at the critical price only: no plan with a tie key, no keys needed.
             keys = keys_of(batch) if plan.tie_key is not None else np.broadcast_to(np.str_(""), len(quality))
-            return B.assign(quality, cost, plan, keys, allow_skip=self.allow_skip)
+            return assign(quality, cost, plan, keys, allow_skip=self.allow_skip)
         cost = cost.astype(np.float64)
-        if isinstance(plan, B.GroupPlan):
+        if isinstance(plan, GroupPlan):
             assert self.group_column is not None
             return plan.assign(quality, cost, group_keys(batch, self.group_column))
-        return B.assign_capped(quality, cost, plan, keys_of(batch))
+        return assign_capped(quality, cost, plan, keys_of(batch))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         quality, cost = budget_matrices(batch)
