@@ -5,7 +5,6 @@ added up in the driver: its memory does not grow with the rows."""
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +22,6 @@ TALLY_SUMS = (S.PREDICTED_COST, S.ACTUAL_COST, S.INPUT_TOKENS, S.OUTPUT_TOKENS, 
 PROMPT_BYTES = "prompt_bytes"
 ROWS = "count_all"
 """Arrow's name for a group's row count (`count_all`), also report.json's."""
-LABEL_COLUMNS = (S.CAPABILITIES, S.DOMAINS)
 
 
 def _sum(column: str) -> str:
@@ -147,8 +145,9 @@ class OutputScan:
 
 def scan_output(output: str) -> OutputScan:
     """Rows and sums per model and status, and counts of each row's top capability and top domain,
-    from the written rows: one streaming pass in the driver over the few columns it needs (a Ray
-    Data pass would cost seconds of task start-up on a small job)."""
+    from the written rows: a polars query over the few columns it needs, streamed from the files in
+    the driver (a Ray Data pass would cost seconds of task start-up on a small job)."""
+    import polars as pl
     import pyarrow.dataset as pads
 
     from router.stages.read import filesystem
@@ -161,18 +160,16 @@ def scan_output(output: str) -> OutputScan:
     names = set(ds.schema.names)
     if not {S.MODEL, S.STATUS} <= names:
         raise ConfigError(f"{output!r} is not a router output: it has no {S.MODEL!r} and {S.STATUS!r} columns")
-    sums = [c for c in TALLY_SUMS if c in names]
-    labels = [c for c in LABEL_COLUMNS if c in names]
-    counts: dict[str, Counter] = {c: Counter() for c in LABEL_COLUMNS}
+    rows = pl.scan_pyarrow_dataset(ds)
+    sums = [pl.col(c).sum().alias(_sum(c)) for c in TALLY_SUMS if c in names]
+    parts = rows.group_by(S.MODEL, S.STATUS).agg(pl.len().alias(ROWS), *sums).collect(engine="streaming")
+    by_model, by_status = tally_parts(parts.to_dicts())
 
-    def parts():
-        for batch in ds.to_batches(columns=[S.MODEL, S.STATUS, *sums, *labels], batch_size=1 << 16):
-            t = pa.Table.from_batches([batch])
-            for c in labels:
-                top = pc.list_flatten(pc.list_slice(t[c], 0, 1))
-                counts[c].update({v["values"]: v["counts"] for v in pc.value_counts(top).to_pylist() if v["values"]})
-            yield from tally_batch(t).to_pylist()
+    def top_counts(column: str) -> dict[str, int]:
+        if column not in names:
+            return {}
+        top = rows.select(pl.col(column).list.first()).drop_nulls().group_by(column).len()
+        top = top.sort(["len", column], descending=[True, False]).collect(engine="streaming")
+        return dict(zip(top[column].to_list(), top["len"].to_list()))
 
-    by_model, by_status = tally_parts(parts())
-    return OutputScan(by_model, dict(sorted(by_status.items())), dict(counts[S.CAPABILITIES].most_common()),
-                      dict(counts[S.DOMAINS].most_common()))  # fmt: skip
+    return OutputScan(by_model, dict(sorted(by_status.items())), top_counts(S.CAPABILITIES), top_counts(S.DOMAINS))
