@@ -414,7 +414,7 @@ def _eval(args) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from router.budget import InfeasibleBudget
-    from router.config import ConfigError, JobFailed
+    from router.errors import ConfigError, JobFailed
 
     try:
         commands = {"plan": _plan, "run": _run, "report": _report, "profile": _profile, "eval": _eval}

@@ -12,13 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-
-class ConfigError(ValueError):
-    """A mistake in the configuration or the command line that the user can fix."""
-
-
-class JobFailed(RuntimeError):
-    """The job cannot go on (e.g. an engine did not start); the message says which and why, in one line."""
+from router.errors import ConfigError
 
 
 def _finite_nonneg(value: Any, what: str) -> float:

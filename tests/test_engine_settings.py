@@ -5,7 +5,8 @@ engines only (the other backends never see them)."""
 import pytest
 
 from router.backends.generators import ModelSettings
-from router.config import ConfigError, GenerationSpec, load_config
+from router.config import GenerationSpec, load_config
+from router.errors import ConfigError
 from router.job.engines import engine_groups, engine_settings
 
 pytestmark = pytest.mark.timeout(60)

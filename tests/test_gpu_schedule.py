@@ -9,7 +9,8 @@ import pyarrow.dataset as pads
 import pytest
 
 from router import schema as S
-from router.config import JobFailed, load_config
+from router.config import load_config
+from router.errors import JobFailed
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from router import schema as S
-from router.config import ConfigError
+from router.errors import ConfigError
 from router.stages.read import ReadUnits, plan_read, units_as_items
 
 pytestmark = pytest.mark.timeout(60)

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from conftest import run_cli
 from router import schema as S
-from router.config import ConfigError
+from router.errors import ConfigError
 from router.stages.read import ReadUnits, plan_read, units_as_items
 
 pytestmark = pytest.mark.timeout(300)

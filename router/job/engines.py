@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from router.config import JobConfig, JobFailed, ModelSpec
+from router.config import JobConfig, ModelSpec
+from router.errors import JobFailed
 from router.job.cluster import gpus_available, wants_gpus
 from router.job.schedule import PoolLoad, Schedule, ScheduleError, plan_schedule
 from router.job.tally import ModelTally

@@ -25,7 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from router import schema as S
-from router.config import ConfigError, JobConfig
+from router.config import JobConfig
+from router.errors import ConfigError
 
 MANIFEST = "_job.json"
 TMP = "_tmp"

@@ -9,7 +9,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from router.config import JobConfig, JobFailed
+from router.config import JobConfig
+from router.errors import JobFailed
 from router.job.cluster import gpus_available, log, wants_gpus
 from router.job.engines import Engine, EnginePool, engine_groups, engine_restarts, engine_settings, standin_weights
 

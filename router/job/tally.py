@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from router import schema as S
-from router.config import ConfigError
+from router.errors import ConfigError
 from router.job.cluster import per_batch
 from router.job.output import committed_files
 

@@ -3,7 +3,8 @@ files and columns exist. Each error says in one line what to change."""
 
 from __future__ import annotations
 
-from router.config import ConfigError, JobConfig
+from router.config import JobConfig
+from router.errors import ConfigError
 from router.method.profiles import Profiles, load_profiles
 from router.stages.read import plan_read
 
