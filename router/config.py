@@ -87,6 +87,11 @@ class ModelSpec:
     `generation.tokens_per_s`. A run's report measures it (`generation[].tokens_per_s_per_replica`)."""
     load_s: float | None = None
     """GPU schedule: seconds for a replica to start (weights loaded, warm-up); None: `generation.load_s`."""
+    standin_eos_bias: float | None = None
+    """Stand-ins only (`generation.standin`): the end-of-sequence logit bias of this model's stand-in,
+    which sets how long its answers run (above 0 shorter); None: one fixed by the model's name,
+    between terse and verbose. 100: every answer is one token; -100: every answer runs to
+    max_tokens. A real engine never gets it."""
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -119,6 +124,11 @@ class ModelSpec:
             object.__setattr__(self, "tokens_per_s", _positive_float(self.tokens_per_s, f"models.{self.name}.tokens_per_s"))
         if self.load_s is not None:
             object.__setattr__(self, "load_s", _finite_nonneg(self.load_s, f"models.{self.name}.load_s"))
+        bias = self.standin_eos_bias
+        if bias is not None:
+            if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not -100 <= bias <= 100:
+                raise ConfigError(f"models.{self.name}.standin_eos_bias must be a number in [-100, 100] (or null), got {bias!r}")
+            object.__setattr__(self, "standin_eos_bias", float(bias))
         top_p = _finite_nonneg(self.top_p, f"models.{self.name}.top_p")
         if not 0 < top_p <= 1:
             raise ConfigError(f"models.{self.name}.top_p must be in (0, 1], got {top_p}")

@@ -854,6 +854,11 @@ def engine_settings(cfg: JobConfig, engine: Engine, members: Sequence[ModelSpec]
                      input_price=m.input_price, output_price=m.output_price)
         for m in members
     }  # fmt: skip
+    if cfg.generation.standin and engine.backend != "openai":  # each model's stand-in answers at its own lengths
+        from router.backends.standin import standin_eos_bias
+
+        for m in members:
+            settings[m.name]["eos_bias"] = standin_eos_bias(m.name) if m.standin_eos_bias is None else m.standin_eos_bias
     max_len = min(m.max_context for m in members)
     if context_limit is not None:
         max_len = min(max_len, context_limit)
