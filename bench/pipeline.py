@@ -54,7 +54,7 @@ if getattr(tok, "chat_template", None):  # one user turn, as the pipeline render
     ids = [list(x) for x in tok(texts, add_special_tokens=False)["input_ids"]]
 else:
     ids = [list(x) for x in tok(prompts)["input_ids"]]
-params = vllm.SamplingParams(**spec["sampling"])
+params = vllm.SamplingParams(**spec["sampling"], logit_bias={tok.eos_token_id: -100.0})  # as the pipeline's side
 t1 = time.perf_counter()
 outs = llm.generate([{"prompt_token_ids": x} for x in ids], params, use_tqdm=False)
 t2 = time.perf_counter()
@@ -73,7 +73,10 @@ def main() -> None:
     from router.job.engines import standin_weights
 
     os.chdir(ROOT)
+    # Every answer runs to max_tokens on both sides: the stand-ins' own lengths differ by model, which
+    # one baseline call with one sampling setting cannot copy.
     cfg = load_config(args.config, ["input=x", "output=y", *args.overrides])
+    args.overrides = [*(f"models.{m.name}.standin_eos_bias=-100" for m in cfg.models), *args.overrides]
     sampling = {(m.max_tokens, m.temperature, m.top_p) for m in cfg.models}
     if len(sampling) != 1 or not cfg.generation.standin:
         sys.exit("the baseline needs one stand-in engine and one sampling setting shared by every pool model")

@@ -93,8 +93,9 @@ def main() -> None:
         from router.backends.standin import build_standin, default_standin_dir
 
         weights = str(build_standin(default_standin_dir()))
+        # eos_bias -100: every answer runs to max_tokens, a fixed amount of work per row.
         settings = {m.name: dict(max_tokens=m.max_tokens, temperature=0.0, input_price=m.input_price,
-                                 output_price=m.output_price) for m in cfg.models}  # fmt: skip
+                                 output_price=m.output_price, eos_bias=-100.0) for m in cfg.models}  # fmt: skip
         gen = VLLMGenerator(weights, models=settings, max_model_len=4096, dtype="float32")
         rows = assigned.slice(0, args.generate_rows)
         out, sec = timed(lambda: gen(rows))

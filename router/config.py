@@ -38,9 +38,16 @@ def _positive_int(value: Any, what: str) -> int:
     return int(value)
 
 
+def _logit_bias(value: Any, what: str) -> float:
+    """A logit bias: a number in [-100, 100] (vLLM clips a logit bias to that range)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
+        raise ConfigError(f"{what} must be a number in [-100, 100], got {value!r}")
+    return float(value)
+
+
 def checked_sampling(where: str, **settings: Any) -> dict[str, Any]:
     """A model's answer length, sampling settings and prices (any of max_tokens, input_price,
-    output_price, temperature, top_p), checked and normalised; `where` names the model in errors
+    output_price, temperature, top_p, eos_bias), checked and normalised; `where` names the model in errors
     (`models.NAME`). The one set of rules, for a job's models and for a generator used on its own."""
     out = dict(settings)
     if "max_tokens" in out:
@@ -53,6 +60,8 @@ def checked_sampling(where: str, **settings: Any) -> dict[str, Any]:
         if not 0 < top_p <= 1:
             raise ConfigError(f"{where}.top_p must be in (0, 1], got {top_p}")
         out["top_p"] = top_p
+    if "eos_bias" in out:
+        out["eos_bias"] = _logit_bias(out["eos_bias"], f"{where}.eos_bias")
     return out
 
 
@@ -99,6 +108,11 @@ class ModelSpec:
     `generation.tokens_per_s`. A run's report measures it (`generation[].tokens_per_s_per_replica`)."""
     load_s: float | None = None
     """GPU schedule: seconds for a replica to start (weights loaded, warm-up); None: `generation.load_s`."""
+    standin_eos_bias: float | None = None
+    """Stand-ins only (`generation.standin`): the end-of-sequence logit bias of this model's stand-in,
+    which sets how long its answers run (above 0 shorter); None: one fixed by the model's name,
+    between terse and verbose. 100: every answer is one token; -100: every answer runs to
+    max_tokens. A real engine never gets it."""
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -132,6 +146,9 @@ class ModelSpec:
             object.__setattr__(self, "tokens_per_s", _positive_float(self.tokens_per_s, f"models.{self.name}.tokens_per_s"))
         if self.load_s is not None:
             object.__setattr__(self, "load_s", _finite_nonneg(self.load_s, f"models.{self.name}.load_s"))
+        if self.standin_eos_bias is not None:
+            object.__setattr__(self, "standin_eos_bias",
+                               _logit_bias(self.standin_eos_bias, f"models.{self.name}.standin_eos_bias"))  # fmt: skip
 
 
 ENCODER_BACKENDS = ("auto", "torch", "onnx", "sentence-transformers")

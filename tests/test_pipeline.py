@@ -17,6 +17,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 CONFIG = "jobs/configs/local.yaml"
 MODELS = [m.name for m in load_config(CONFIG, ["input=x", "output=y"]).models]
 SHORT_CONTEXT = [f"models.{m}.max_context=1024" for m in MODELS]
+# Its stand-in runs every answer to max_tokens, the most a row can cost; the others answer at their own lengths.
+PINNED = "gemma-2-9b-it"
 PROMPTS = [
     "What is 12 times 7?",
     "Write a Python function that reverses a list.",
@@ -50,8 +52,9 @@ def job(tmp_path_factory):
 
     # file:// URIs: the same pyarrow filesystem path that s3:// and gs:// take.
     cfg = load_config(
-        CONFIG, [f"input=file://{inp}", f"output=file://{d / 'out'}", "budget.total=0.0006", *SHORT_CONTEXT]
-    )
+        CONFIG, [f"input=file://{inp}", f"output=file://{d / 'out'}", "budget.total=0.0006", *SHORT_CONTEXT,
+                 f"models.{PINNED}.standin_eos_bias=-100"]
+    )  # fmt: skip
     result = run_job(cfg)
     out = pads.dataset(str(d / "out"), format="parquet").to_table().to_pylist()
     yield cfg, rows, result, {r[S.ID]: r for r in out}, out, d
@@ -106,10 +109,13 @@ def test_spend_stays_under_the_budget(job):
     actual = sum(r[S.ACTUAL_COST] or 0 for r in out)
     assert predicted <= cfg.budget.total
     assert actual <= predicted  # hard mode plans with upper bounds on every token count
-    # ... and this holds on answers that run to max_tokens, the most a row can cost.
+    # ... and this holds on answers that run to max_tokens, the most a row can cost, beside answers
+    # of the stand-ins' own, shorter lengths.
     limits = {m.name: m.max_tokens for m in cfg.models}
-    full = [r for r in out if r[S.FINISH_REASON] == "length" and r[S.OUTPUT_TOKENS] == limits[r[S.MODEL]]]
-    assert len(full) >= len(out) // 4
+    pinned = [r for r in out if r[S.MODEL] == PINNED]
+    assert pinned and all(r[S.FINISH_REASON] == "length" and r[S.OUTPUT_TOKENS] == limits[PINNED] for r in pinned)
+    others = [r for r in out if r[S.MODEL] not in (None, PINNED)]
+    assert any(r[S.OUTPUT_TOKENS] < limits[r[S.MODEL]] for r in others)
     # The budget binds: the plan is not simply every row's best model.
     assert result.plan.lam > 0 and len({r[S.MODEL] for r in out if r[S.MODEL]}) > 1
     report = json.loads((d / "out" / "_report.json").read_text())

@@ -54,3 +54,21 @@ def test_on_gpus_the_engines_take_what_the_encoders_leave():
     assert prestart_plan(cfg(*gpu, "encoder.device=cpu", "generation.gpus=4"), gpus=8).replicas == 2
     # One GPU, and the encoder holds it: the engine starts after routing, as without prestart.
     assert prestart_plan(cfg(*gpu, "encoder.device=cuda", f"models.{keep}.tensor_parallel=1"), gpus=1) is None
+
+
+def test_stand_ins_get_their_models_lengths_and_real_engines_no_bias():
+    from router.backends.standin import standin_eos_bias
+    from router.job.engines import engine_settings
+
+    *local, remote = MODELS
+    c = cfg(f"models.{local[0]}.standin_eos_bias=-100", *only(*local))
+    for engine, members in engine_groups(c, standin_weights(c, build=False)[0]).items():
+        settings = engine_settings(c, engine, members, False, None)[0]["models"]
+        biases = {name: s.eos_bias for name, s in settings.items()}
+        if engine.backend == "openai":  # an endpoint serves what it serves
+            assert biases == {remote: 0.0}
+        else:  # the configured bias, else the one fixed by the model's name
+            assert biases == {m: -100.0 if m == local[0] else standin_eos_bias(m) for m in local}
+    real = cfg(*REAL, f"models.{local[0]}.standin_eos_bias=-100")
+    for engine, members in engine_groups(real, standin_weights(real, build=False)[0]).items():
+        assert all(s.eos_bias == 0.0 for s in engine_settings(real, engine, members, False, None)[0]["models"].values())

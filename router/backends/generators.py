@@ -49,6 +49,9 @@ class ModelSettings:
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None
+    eos_bias: float = 0.0
+    """Added to the end-of-sequence logit at every step: above 0, shorter answers. The job sets it
+    only for stand-ins (`router.backends.standin.standin_eos_bias`), never for a real model."""
 
     @classmethod
     def of(cls, model: ModelSpec) -> ModelSettings:
@@ -59,7 +62,7 @@ class ModelSettings:
     @classmethod
     def from_dict(cls, name: str, settings: Mapping[str, Any]) -> ModelSettings:
         """Settings given as a mapping (a generator used on its own), checked by the job config's rules."""
-        known = {"max_tokens", "input_price", "output_price", "temperature", "top_p", "seed"}
+        known = {"max_tokens", "input_price", "output_price", "temperature", "top_p", "seed", "eos_bias"}
         unknown = set(settings) - known
         if unknown:
             raise ValueError(
@@ -386,7 +389,8 @@ class VLLMGenerator(Generator):
     def _sampling_params(self, name: str):
         m = self._models[name]
         return self._sampling_params_cls(
-            max_tokens=m.max_tokens, temperature=m.temperature, top_p=m.top_p, seed=m.seed
+            max_tokens=m.max_tokens, temperature=m.temperature, top_p=m.top_p, seed=m.seed,
+            logit_bias={self._tokenizer.eos_token_id: m.eos_bias} if m.eos_bias else None,
         )
 
     def _run(self, rows: list[int], token_ids: dict[int, list[int]], names: list[Any]) -> list[_Result]:
@@ -467,10 +471,13 @@ class TransformersGenerator(Generator):
                 ids[r, width - n :] = torch.tensor(token_ids[i], dtype=torch.long)
                 mask[r, width - n :] = 1
             sampling = dict(do_sample=True, temperature=m.temperature, top_p=m.top_p) if m.temperature > 0 else dict(do_sample=False)
+            if m.eos_bias:  # added to the logit before sampling or argmax, as vLLM's logit_bias is
+                sampling["sequence_bias"] = [[[self._tokenizer.eos_token_id], m.eos_bias]]
             if m.seed is not None:
                 torch.manual_seed(m.seed)
             with torch.no_grad():
-                out = self._model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=room, min_new_tokens=1,
+                # No min_new_tokens: vLLM lets an answer end at its first token too.
+                out = self._model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=room,
                                            pad_token_id=self._pad, **sampling)  # fmt: skip
             for r, i in enumerate(members):
                 new = out[r, width:].tolist()
@@ -507,6 +514,8 @@ class OpenAIGenerator(Generator):
         **_: Any,  # engine settings (dtype, tensor parallelism) are the server's business
     ) -> None:
         super().__init__(models)
+        if any(m.eos_bias for m in self._models.values()):
+            raise ValueError("eos_bias needs the engine's own tokenizer; an endpoint's is not known here")
         try:
             import openai
         except ImportError as exc:

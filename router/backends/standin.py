@@ -3,10 +3,16 @@
 Tests and CPU dry runs need real weights that vLLM and transformers can load, but nothing may be
 downloaded from a model hub. The stand-in is built from a seed (same seed, same weights), in a
 few seconds, and cached on disk.
+
+Its answers are noise, but their lengths are shaped like real ones: most are short, some medium,
+a few run to `max_tokens`, and they vary by prompt (see `_shape_answer_lengths`). One set of
+weights serves every pool model; what makes one model terse and another verbose is an
+end-of-sequence logit bias per model (`standin_eos_bias`), which the engines apply per row.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import shutil
@@ -14,7 +20,7 @@ import string
 import tempfile
 from pathlib import Path
 
-STANDIN_NAME = "tiny-llama-v1"
+STANDIN_NAME = "tiny-llama-v2"  # bump when the weights change: caches are keyed by it
 
 BOS_TOKEN = "<s>"
 EOS_TOKEN = "</s>"
@@ -60,6 +66,27 @@ _QUESTIONS = (
     "def add(x, y):\n    return x + y\n", "for i in range({a}):\n    print(i * {b})\n",
     "Q: Is {a} a prime number?\nA: Let me think step by step.",
 )
+
+
+# The end-of-sequence logit bias from the most verbose to the tersest pool model. With max_tokens=32,
+# on the example prompts and on evaluation queries alike: at -3 median answers of about 20 tokens
+# and a third at max_tokens; at 0 a median near 10 and a tenth at max_tokens; at 4 a median of 4
+# and almost none at max_tokens.
+VERBOSE_EOS_BIAS = -3.5
+TERSE_EOS_BIAS = 4.0
+
+
+def standin_eos_bias(model_name: str) -> float:
+    """The end-of-sequence logit bias that makes pool model `model_name`'s stand-in terse or verbose.
+
+    Fixed by the name (the same in every run and process), and spread evenly between
+    VERBOSE_EOS_BIAS and TERSE_EOS_BIAS over names, so a pool of stand-ins has models whose
+    answer lengths differ several-fold, as real pools do. Only for the stand-in's weights: on
+    another model the same bias means something else.
+    """
+    digest = hashlib.sha256(model_name.encode()).digest()
+    share = int.from_bytes(digest[:8], "big") / 2**64
+    return round(VERBOSE_EOS_BIAS + share * (TERSE_EOS_BIAS - VERBOSE_EOS_BIAS), 4)
 
 
 def default_standin_dir() -> Path:
@@ -115,6 +142,97 @@ def _build_tokenizer(vocab_size: int, seed: int):
     )
 
 
+def _topic_scores(tokenizer, rng) -> list[float]:
+    """How much each token, met anywhere in the context, pushes an answer to end: tokens with digits
+    towards short answers, whitespace and symbols (code, formulas, laid-out puzzles) towards long
+    ones, word pieces a little either way; so the kind of prompt sets the length of its answers."""
+    specials = set(tokenizer.all_special_ids)
+    noise = rng.standard_normal(len(tokenizer))
+    scores = []
+    for token_id, z in enumerate(noise):
+        text = tokenizer.decode([token_id]).strip()
+        if token_id in specials:
+            score = 0.0
+        elif text and any(c.isdigit() for c in text):
+            score = 1.0 + 0.3 * z
+        elif not any(c.isalnum() for c in text):
+            score = -1.0 + 0.3 * z
+        else:
+            score = 0.5 * z
+        scores.append(score + _TOPIC_OFFSET)
+    return scores
+
+
+# The end-of-sequence logit (see _shape_answer_lengths), before the output layer is scaled by
+# _LOGIT_SCALE: the offset of every topic score, which makes a bias of 0 a model of medium
+# verbosity; the weights of the context's mean score and of the current token's stop value; the
+# stop value of whitespace and special tokens. Chosen by measuring answer lengths on the example
+# prompts and on evaluation queries.
+_TOPIC_OFFSET = 0.4
+_CONTEXT_WEIGHT = 1.5
+_STOP_WEIGHT = 0.6
+_NEVER_STOPS = -3.0
+_LOGIT_SCALE = 10.0
+
+
+def _shape_answer_lengths(model, tokenizer, seed: int) -> None:
+    """Give the random model an end-of-sequence logit that behaves like a real model's.
+
+    Three coordinates of the residual stream are cleared of the random weights (nothing else reads
+    or writes them) and carry side channels:
+    - `topic`: each token's embedding holds a score (`_topic_scores`); head 0 of the first layer,
+      with zero queries, attends evenly over the whole context and writes the mean score into
+      `context`, so the end-of-sequence logit depends on what the prompt (and the answer so far)
+      is made of;
+    - `stop`: each token's embedding holds a random value, so the logit also moves from token to
+      token: every step is a fresh chance to stop, so most answers end early, some late, and a
+      greedy answer caught in a loop of tokens that never stop runs to max_tokens.
+    The end-of-sequence row of the output layer reads `context` and `stop` only. Whitespace and
+    special tokens never stop an answer, so within standin_eos_bias's range no answer is empty
+    (the prompt ends in a newline).
+    """
+    import numpy as np
+    import torch
+
+    hidden, head_dim = model.config.hidden_size, model.config.head_dim
+    context, topic, stop = hidden - 1, hidden - 2, hidden - 3
+    side = [context, topic, stop]
+    scale = model.config.initializer_range  # the size of every other coordinate of an embedding
+    scores = _topic_scores(tokenizer, np.random.default_rng(seed))
+    stops = np.random.default_rng(seed + 1).standard_normal(len(tokenizer))
+    specials = set(tokenizer.all_special_ids)
+    for token_id in range(len(tokenizer)):
+        if token_id in specials or not tokenizer.decode([token_id]).strip():
+            stops[token_id] = _NEVER_STOPS
+    n = len(tokenizer)
+    with torch.no_grad():
+        embed = model.model.embed_tokens.weight
+        embed[:, side] = 0
+        embed[:n, topic] = scale * torch.tensor(scores, dtype=embed.dtype)
+        embed[:n, stop] = scale * torch.tensor(stops, dtype=embed.dtype)
+        for layer in model.model.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            for reader in (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj):
+                reader.weight[:, side] = 0
+            for writer in (attn.o_proj, mlp.down_proj):
+                writer.weight[side, :] = 0
+        head = model.model.layers[0].self_attn
+        head.q_proj.weight[:head_dim] = 0  # equal attention scores: an even average over the context
+        head.v_proj.weight[:head_dim] = 0
+        head.v_proj.weight[0, topic] = 1.0
+        head.o_proj.weight[:, :head_dim] = 0
+        head.o_proj.weight[context, 0] = scale
+        out = model.lm_head.weight
+        out[:, side] = 0
+        out[tokenizer.eos_token_id] = 0
+        out[tokenizer.eos_token_id, context] = _CONTEXT_WEIGHT
+        out[tokenizer.eos_token_id, stop] = _STOP_WEIGHT
+        # Random weights give logits within about +-1: sampling would pick almost uniformly among
+        # thousands of tokens and nearly never end. Sharper logits make sampled answers keep
+        # close to the greedy path, and so end at similar lengths, as a real model's do.
+        out *= _LOGIT_SCALE
+
+
 def _build_model(
     tokenizer, *, seed: int, hidden_size: int, layers: int, heads: int, vocab_size: int,
     max_positions: int,
@@ -141,6 +259,7 @@ def _build_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
+    _shape_answer_lengths(model, tokenizer, seed)
     return model.to(torch.float32).eval()
 
 

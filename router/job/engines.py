@@ -5,6 +5,8 @@ the user when engines fail to start or die."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -139,6 +141,12 @@ def engine_settings(cfg: JobConfig, engine: Engine, members: Sequence[ModelSpec]
     from router.backends.generators import ModelSettings
 
     settings = {m.name: ModelSettings.of(m) for m in members}  # validated once, by the config
+    if cfg.generation.standin and engine.backend != "openai":  # each model's stand-in answers at its own lengths
+        from router.backends.standin import standin_eos_bias
+
+        for m in members:
+            bias = standin_eos_bias(m.name) if m.standin_eos_bias is None else m.standin_eos_bias
+            settings[m.name] = dataclasses.replace(settings[m.name], eos_bias=bias)
     max_len = min(m.max_context for m in members)
     if context_limit is not None:
         max_len = min(max_len, context_limit)
