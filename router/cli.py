@@ -109,6 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --queries: the generation stage that answers (transformers: tiny models on CPU)")
     add.add_argument("--limit", type=int, help="with --queries: use only the first N queries")
     add.add_argument("--out", required=True, help="profile file to write")
+    show = prof_sub.add_parser(
+        "show",
+        help="print a profile file's models side by side, and draw it",
+        description="Each model's capability and knowledge profile side by side (a table: a row per "
+        "capability and knowledge domain, the winner of each marked), how many elements each model "
+        "wins and, with --config, each model's price; --plot draws the same as a heatmap.",
+    )
+    show.add_argument("profile", help="a profile file (.npz) or a packaged name such as open9")
+    show.add_argument("--config", help="a job config: show its pool's models (in its order) with their prices")
+    show.add_argument("--plot", metavar="FILE.png", help="also write the heatmap picture here")
     rm = prof_sub.add_parser("remove-model", help="remove one model from a profile file")
     rm.add_argument("--profiles", required=True, help="the profile file (or packaged name)")
     rm.add_argument("--model", required=True, help="the model to remove")
@@ -298,6 +308,8 @@ def _profile(args) -> int:
 
     if args.action == "add-model":
         return _add_model(args)
+    if args.action == "show":
+        return _show_profile(args)
     if args.action == "remove-model":
         from router.method.profiles import load_profiles
         from router.method.fitting import remove_model
@@ -322,6 +334,30 @@ def _profile(args) -> int:
     profiles.save(args.out)
     print(f"profiles of {len(profiles.models)} models over {len(profiles.domain_names)} knowledge clusters "
           f"written to {args.out}" + _annotation_line(profiles.meta) + _lengths_line(profiles))  # fmt: skip
+    return 0
+
+
+def _show_profile(args) -> int:
+    from router.method.profiles import load_profiles, profile_path
+    from router.profile_view import format_profile, plot_profile
+
+    if not profile_path(args.profile).exists():
+        return _fail(f"profile {args.profile!r} not found: give a .npz file or a packaged name (open9)")
+    profiles = load_profiles(args.profile)
+    prices = None
+    if args.config:
+        from router.config import load_config
+
+        cfg = load_config(args.config, [])
+        missing = [m for m in cfg.model_names if m not in profiles.models]
+        if missing:
+            return _fail(f"the profile has no model {missing[0]!r} of {args.config!r}")
+        profiles = profiles.select(cfg.model_names)
+        prices = {m.name: (m.input_price, m.output_price) for m in cfg.models}
+    print(format_profile(profiles, prices))
+    if args.plot:
+        plot_profile(profiles, args.plot, prices)
+        print(f"picture: {args.plot}")
     return 0
 
 

@@ -18,7 +18,7 @@ LAYERS = [
     {"router.method"},
     {"router.stages"},
     {"router.job"},
-    {"router.report", "router.api"},
+    {"router.report", "router.profile_view", "router.api"},
     {"router.cli", "router"},
 ]
 
