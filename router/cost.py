@@ -50,13 +50,15 @@ def cost_matrix(
 ) -> np.ndarray:
     """Cost [N, M] in USD; NaN where the prompt does not fit the model's context.
 
-    input_tokens [N]; output_tokens [N, M] or [M] (planned answer length, per row or the same for
-    every row); prices [M] in USD per 1M tokens.
+    input_tokens [N] (the same for every model) or [N, M] (counted per model family);
+    output_tokens [N, M] or [M] (planned answer length, per row or the same for every row); prices
+    [M] in USD per 1M tokens.
     """
     inp = np.asarray(input_tokens, dtype=np.float64)
+    inp = inp if inp.ndim == 2 else inp[:, None]
     price_in = np.asarray(input_price, np.float64)
-    c = token_usd(inp[:, None], output_tokens, price_in, output_price,
-                  out=np.empty((inp.size, price_in.size), np.float64))  # fmt: skip
+    c = token_usd(inp, output_tokens, price_in, output_price,
+                  out=np.empty((inp.shape[0], price_in.size), np.float64))  # fmt: skip
     if inp.size and inp.max() >= np.min(max_context):
-        c[~(inp[:, None] < max_context)] = np.nan
+        c[~(inp < max_context)] = np.nan
     return c

@@ -42,14 +42,14 @@ def _model_line(t: ModelTally, ran: bool) -> str:
     return line
 
 
-def _answer_lengths_lines(sources: dict[str, str]) -> list[str]:
-    """One line per source of planned answer lengths, naming its models."""
+def _sources_lines(what: str, sources: dict[str, str]) -> list[str]:
+    """One line per source of a planned quantity (prompt tokens, answer lengths), naming its models."""
     by_source: dict[str, list[str]] = {}
     for model, source in sources.items():
         by_source.setdefault(source, []).append(model)
     if len(by_source) == 1 and len(sources) > 1:
-        return [f"answers planned at: {next(iter(by_source))}, every model"]
-    return [f"answers planned at: {source}: {', '.join(models)}" for source, models in by_source.items()]
+        return [f"{what}: {next(iter(by_source))}, every model"]
+    return [f"{what}: {source}: {', '.join(models)}" for source, models in by_source.items()]
 
 
 def format_summary(cfg: JobConfig, result: RunResult) -> str:
@@ -65,7 +65,8 @@ def format_summary(cfg: JobConfig, result: RunResult) -> str:
         lines.append(f"resumed: {r['rows']} rows were written by earlier runs ({_usd(r['spend_usd'])} USD); "
                      "this run routed the rest with what was left of the budget")  # fmt: skip
     lines.append("statuses: " + ", ".join(f"{k}={v}" for k, v in sorted(d["statuses"].items())))
-    lines.extend(_answer_lengths_lines(d.get("answer_lengths") or {}))
+    lines.extend(_sources_lines("prompt tokens counted by", d.get("prompt_tokens") or {}))
+    lines.extend(_sources_lines("answers planned at", d.get("answer_lengths") or {}))
     header = f"{'model':34} {'rows':>7} {'predicted USD':>14}"
     if ran:
         header += f" {'actual USD':>12} {'actual/pred':>11} {'in tokens':>10} {'out tokens':>10}"

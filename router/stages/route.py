@@ -28,6 +28,7 @@ from router import schema as S
 from router.config import JobConfig
 from router.cost import cost_matrix, estimate_input_tokens, planned_output_tokens
 from router.backends.encoder import embeddings_from_arrow
+from router.backends.tokens import PromptCalibration
 from router.method.profiles import Profiles, load_profiles
 
 
@@ -42,10 +43,17 @@ class PoolArrays:
     max_tokens: np.ndarray
     expected_output: np.ndarray  # planning answer length when the profile has none
     mode: str
+    # Per model, prompt tokens per UTF-8 byte and the chat template's tokens, as its family's
+    # tokenizer counted a sample of the job's prompts (`router.backends.tokens`); NaN: no tokenizer
+    # at hand, the UTF-8 estimate instead. `hard` mode always bounds prompts by their bytes.
+    prompt_per_byte: np.ndarray | None = None
+    prompt_template: np.ndarray | None = None
 
     @classmethod
-    def from_config(cls, cfg: JobConfig) -> "PoolArrays":
+    def from_config(cls, cfg: JobConfig, prompts: dict[str, PromptCalibration | None] | None = None) -> "PoolArrays":
+        """`prompts`: the calibration of each model's prompt tokens, where one was made."""
         ms = cfg.models
+        fits = [(prompts or {}).get(m.name) for m in ms]
         return cls(
             models=cfg.model_names,
             input_price=np.array([m.input_price for m in ms], np.float64),
@@ -58,7 +66,18 @@ class PoolArrays:
                 np.float64,
             ),
             mode=cfg.budget.mode,
+            prompt_per_byte=np.array([np.nan if f is None else f.per_byte for f in fits], np.float64),
+            prompt_template=np.array([np.nan if f is None else f.template for f in fits], np.float64),
         )
+
+    def prompt_tokens(self, utf8_bytes: np.ndarray) -> np.ndarray:
+        """Planned prompt tokens: [N] (the same for every model: `hard` mode's bound, or no
+        calibration at all) or [N, M] (each model's calibration, the UTF-8 estimate where none)."""
+        estimate = estimate_input_tokens(utf8_bytes, self.mode)
+        if self.mode == "hard" or self.prompt_per_byte is None or np.isnan(self.prompt_per_byte).all():
+            return estimate
+        counted = np.ceil(np.multiply.outer(utf8_bytes.astype(np.float64), self.prompt_per_byte)) + self.prompt_template
+        return np.where(np.isnan(counted), estimate[:, None], counted)
 
 
 def _names_column(names: tuple[str, ...], idx: np.ndarray) -> pa.ListArray:
@@ -119,7 +138,7 @@ class Scorer:
         ann = p.annotate(emb, tasks)
         quality = p.score_annotated(ann)
         nbytes = pc.fill_null(pc.binary_length(batch[S.PROMPT]), 0).to_numpy()
-        in_tokens = estimate_input_tokens(nbytes, pool.mode)
+        in_tokens = pool.prompt_tokens(nbytes)
         if pool.mode == "hard":
             out_tokens = pool.max_tokens.astype(np.float64)  # [M]: the same for every row
         else:
@@ -130,7 +149,8 @@ class Scorer:
         ok = pc.equal(status, S.OK).to_numpy(zero_copy_only=False)
         # A cell is NaN only where the prompt outruns that model's context (`cost_matrix`): a row
         # no model can take outruns the largest one.
-        no_fit = ok & (in_tokens >= pool.max_context.max())
+        no_fit = ok & (in_tokens >= pool.max_context.max() if in_tokens.ndim == 1
+                       else (in_tokens >= pool.max_context).all(axis=1))
         if no_fit.any():
             status = pc.if_else(pa.array(no_fit), S.TOO_LONG, status)
             msg = f"prompt longer than every model's context (largest {int(pool.max_context.max())} tokens)"
@@ -149,7 +169,7 @@ class Scorer:
         out = batch.drop_columns([S.EMBEDDING, S.STATUS])
         return (
             out.append_column(S.STATUS, status)
-            .append_column(S.EST_INPUT_TOKENS, pa.array(in_tokens))
+            .append_column(S.EST_INPUT_TOKENS, pa.array(in_tokens if in_tokens.ndim == 1 else in_tokens.max(axis=1).astype(np.int64)))
             .append_column(S.QUALITY, _matrix_column(quality))
             .append_column(S.COST, _matrix_column(cost32))
             .append_column(S.CAPABILITIES, _names_column(p.capability_names, ann.capabilities))
