@@ -30,6 +30,9 @@ INVALID_INPUT = "invalid_input"
 TOO_LONG = "too_long"
 OVER_BUDGET = "over_budget"
 GENERATION_ERROR = "generation_error"
+# The error of a row the hard budget's ledger refused while answering: its worst case no longer
+# fit in what was left. Until the job's last wave such rows are not written but routed again.
+REFUSED = "the budget left could not cover this row's worst case (prompt tokens plus max_tokens)"
 STATUSES = (OK, INVALID_INPUT, TOO_LONG, OVER_BUDGET, GENERATION_ERROR)
 
 # Columns the output adds to the pass-through ones, in order.

@@ -96,7 +96,8 @@ side: summaries, the critical bin, ``solve_lambda``), ``plain`` and
 ``windowed`` (the passes over walked rows, without and with a window),
 ``passes`` (the streamed per-batch passes), ``hulls`` (kept hulls), ``caps``,
 ``price_search`` and ``repair`` (the caps solver), ``capped`` (caps streamed),
-``solve`` (``solve_budget`` in memory) and ``groups`` (group routing).
+``solve`` (``solve_budget`` in memory), ``groups`` (group routing) and ``ledger``
+(the hard budget while answering: a row admitted only when its worst case fits).
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ from router.budget.caps import CapLimit, Caps, InfeasibleCaps, ModelCap
 from router.budget.capped import CappedPlan, assign_capped, solve_capped
 from router.budget.groups import GroupPlan, GroupSums, group_sums, merge_group_sums, solve_budget_groups, solve_groups
 from router.budget.hulls import Hulls, assign_hulls, collect_hulls, summarize_hulls
+from router.budget.ledger import SpendLedger
 from router.budget.passes import assign, collect_bin, summarize
 from router.budget.plain import BudgetSolution
 from router.budget.solve import solve_budget
@@ -139,6 +141,7 @@ __all__ = [
     "ModelCap",
     "PriceWindow",
     "PriceWindowMissed",
+    "SpendLedger",
     "assign",
     "assign_capped",
     "assign_hulls",
