@@ -73,12 +73,17 @@ class ModelSpec:
     """The name the profiles know the model by (a column of the evaluation data)."""
     weights: str
     """What the generation backend loads: a Hugging Face id or a local path."""
-    input_price: float
-    """USD per 1M input tokens."""
-    output_price: float
-    """USD per 1M output tokens."""
     max_context: int
     """The longest prompt plus answer, in tokens, the deployment accepts (vLLM's max_model_len)."""
+    input_price: float | None = None
+    """USD per 1M input tokens (an API's list price). Give both token prices, or `gpu_hour_price`."""
+    output_price: float | None = None
+    """USD per 1M output tokens."""
+    gpu_hour_price: float | None = None
+    """A model on your own GPUs: USD per GPU-hour instead of token prices (None: the token prices,
+    else `generation.gpu_hour_price`). A row then costs the GPU time its tokens take: the job prices
+    a token at gpu_hour_price x tensor_parallel / 3600 / tokens_per_s, and charges each answered
+    row its share (by tokens) of the engine seconds its call took on the replica's GPUs."""
     tensor_parallel: int = 1
     """GPUs per engine replica."""
     replicas: int = 1
@@ -120,7 +125,14 @@ class ModelSpec:
         if not self.weights:
             raise ConfigError(f"model {self.name}: `weights` (a Hugging Face id or a path) is required")
         sampling = ("max_tokens", "input_price", "output_price", "temperature", "top_p")
-        checked = checked_sampling(f"models.{self.name}", **{name: getattr(self, name) for name in sampling})
+        checked = checked_sampling(
+            f"models.{self.name}", **{name: getattr(self, name) for name in sampling if getattr(self, name) is not None}
+        )
+        if (self.input_price is None) != (self.output_price is None):
+            raise ConfigError(f"models.{self.name}: give both input_price and output_price (USD per 1M tokens), "
+                              "or gpu_hour_price (USD per GPU-hour) instead")  # fmt: skip
+        if self.gpu_hour_price is not None:
+            object.__setattr__(self, "gpu_hour_price", _finite_nonneg(self.gpu_hour_price, f"models.{self.name}.gpu_hour_price"))
         for name, value in checked.items():
             object.__setattr__(self, name, value)
         for name in ("max_context", "tensor_parallel", "replicas"):
@@ -150,6 +162,9 @@ class ModelSpec:
             object.__setattr__(self, "standin_eos_bias",
                                _logit_bias(self.standin_eos_bias, f"models.{self.name}.standin_eos_bias"))  # fmt: skip
 
+
+# Under a deadline the cost is GPU-seconds: a GPU-hour "costs" 3600 of them.
+GPU_SECOND = 3600.0
 
 ENCODER_BACKENDS = ("auto", "torch", "onnx", "sentence-transformers")
 GENERATION_BACKENDS = ("vllm", "transformers", "openai")
@@ -187,19 +202,51 @@ class EncoderSpec:
                 raise ConfigError(f"encoder.{name} must be a whole number >= 0, got {v!r}")
 
 
+def _waves(value: Any) -> tuple[float, ...]:
+    what = "budget.waves must be a rising list of shares of the rows in (0, 1] ending at 1.0, e.g. [0.1, 0.5, 1.0]"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = [value]
+    try:
+        shares = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what}; got {value!r}") from None
+    if not shares or shares[-1] != 1.0 or any(not 0 < v <= 1 for v in shares) or any(
+        b <= a for a, b in zip(shares, shares[1:])
+    ):
+        raise ConfigError(f"{what}; got {value!r}")
+    return shares
+
+
 @dataclass(frozen=True)
 class BudgetSpec:
     total: float = math.inf
     """USD for the whole input. `inf` routes every row to its best model."""
     mode: str = "expected"
-    """`expected`: plan with predicted answer lengths. `hard`: plan with max_tokens answers and an
-    upper bound on prompt tokens, so actual spend can never exceed the budget."""
+    """Both plan on predicted prompt tokens and answer lengths and re-solve between waves on what was
+    actually spent. `expected`: the actual spend ends near the budget, above or below. `hard`: the
+    actual spend can never exceed the budget: while answering, a row enters an engine only when its
+    worst case (exact prompt tokens plus max_tokens) fits in what is left after everything in
+    flight; rows that no longer fit are routed again, to cheaper models, or marked over_budget."""
     default_output_tokens: int = 256
     """Answer length assumed in `expected` mode for a model with no estimate of its own."""
     group_column: str | None = None
     """Route by group: rows with the same value in this input column (a task, a source, a
     conversation) all go to one model, chosen for the group's total quality and cost. Rows
     with no value in it are routed one by one. None: every row is routed on its own."""
+    waves: tuple[float, ...] = (0.1, 0.5, 0.9, 1.0)
+    """`router run` answers in waves, each ending at this share of the rows (rising to 1.0). After
+    each wave the rows not yet answered are routed again with the budget minus what was actually
+    spent, every model's predicted costs corrected by what its answers actually cost against
+    their prediction. The first wave is spread over every model in the plan. `[1.0]`: one wave,
+    no re-solve (group routing always runs one: a group is never split between plans)."""
+
+    deadline_s: float | None = None
+    """Instead of dollars, a deadline: seconds of generation on the GPUs the job has. The cost of a
+    row is then the GPU-seconds its tokens take (tokens / tokens_per_s x tensor_parallel) and the
+    budget is GPUs x (deadline_s - the engines' load_s), solved the same way (leave `total` inf: the
+    job sets it to those GPU-seconds when it starts). On a cluster without GPUs each engine replica
+    counts as one device. Every model must run on the job's own engines (no `openai` backend), and
+    the mode is `expected`: time per token has no worst case to admit rows by."""
 
     def __post_init__(self) -> None:
         try:
@@ -214,6 +261,12 @@ class BudgetSpec:
         object.__setattr__(
             self, "default_output_tokens", _positive_int(self.default_output_tokens, "budget.default_output_tokens")
         )
+        object.__setattr__(self, "waves", _waves(self.waves))
+        if self.deadline_s is not None:
+            object.__setattr__(self, "deadline_s", _positive_float(self.deadline_s, "budget.deadline_s"))
+            if self.mode == "hard":
+                raise ConfigError("budget.deadline_s needs budget.mode=expected: the time an answer takes has no "
+                                  "worst case that hard mode could admit rows by")  # fmt: skip
         if self.group_column is not None and (not isinstance(self.group_column, str) or not self.group_column):
             raise ConfigError(f"budget.group_column must be an input column's name (or null), got {self.group_column!r}")
 
@@ -293,6 +346,9 @@ class GenerationSpec:
     work an engine's start costs."""
     load_s: float = 120.0
     """Schedule's estimate of the seconds an engine replica takes to start (a model may set its own)."""
+    gpu_hour_price: float | None = None
+    """USD per GPU-hour of the pool's own GPUs: the price of every model that gives no token prices
+    (a model may set its own). See `models.NAME.gpu_hour_price`."""
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):
@@ -311,6 +367,8 @@ class GenerationSpec:
             object.__setattr__(self, "gpus", _positive_int(self.gpus, "generation.gpus"))
         object.__setattr__(self, "tokens_per_s", _positive_float(self.tokens_per_s, "generation.tokens_per_s"))
         object.__setattr__(self, "load_s", _finite_nonneg(self.load_s, "generation.load_s"))
+        if self.gpu_hour_price is not None:
+            object.__setattr__(self, "gpu_hour_price", _finite_nonneg(self.gpu_hour_price, "generation.gpu_hour_price"))
         if self.backend not in GENERATION_BACKENDS:
             raise ConfigError(f"generation.backend must be one of {', '.join(GENERATION_BACKENDS)}, got {self.backend!r}")
         if not isinstance(self.standin, bool):
@@ -385,6 +443,45 @@ class JobConfig:
                     f"model {m.name} uses the openai backend but has no endpoint: set generation.base_url "
                     f"or models.{m.name}.base_url"
                 )
+        object.__setattr__(self, "models", tuple(self._priced(m) for m in self.models))
+
+    def _priced(self, m: ModelSpec) -> ModelSpec:
+        """`m` with its token prices: as given, or derived from its GPU-hour price (under a deadline:
+        from one GPU-second per second). Idempotent: a model priced here passes again unchanged."""
+        if self.budget.deadline_s is not None:
+            if self.backend_of(m) == "openai":
+                raise ConfigError(f"budget.deadline_s prices the job's own GPU time, but model {m.name} is answered "
+                                  "by an endpoint (openai backend): drop it from the pool or set budget.total")  # fmt: skip
+            gpu = GPU_SECOND
+        elif m.gpu_hour_price is not None:
+            gpu = m.gpu_hour_price
+        elif m.input_price is not None:
+            return m
+        elif self.generation.gpu_hour_price is not None:
+            gpu = self.generation.gpu_hour_price
+        else:
+            raise ConfigError(f"model {m.name} has no price: set models.{m.name}.input_price and output_price (USD "
+                              "per 1M tokens), or gpu_hour_price (USD per GPU-hour; generation.gpu_hour_price "
+                              "for the whole pool)")  # fmt: skip
+        if self.backend_of(m) == "openai":
+            raise ConfigError(f"model {m.name} is answered by an endpoint (openai backend): price it by tokens "
+                              "(input_price, output_price), not by GPU-hour")  # fmt: skip
+        if self.budget.mode == "hard":
+            raise ConfigError(f"model {m.name} is priced by GPU time, which has no worst case per row for "
+                              "budget.mode=hard to admit rows by: use budget.mode=expected, or token prices")  # fmt: skip
+        rate = m.tokens_per_s or self.generation.tokens_per_s
+        per_million = gpu * m.tensor_parallel / 3600.0 / rate * 1e6
+        given = m.input_price is not None and m.gpu_hour_price == gpu
+        if given and not (math.isclose(m.input_price, per_million, rel_tol=1e-9)
+                          and math.isclose(m.output_price, per_million, rel_tol=1e-9)):  # fmt: skip
+            raise ConfigError(f"models.{m.name}: set either token prices (input_price, output_price) or "
+                              "gpu_hour_price, not both")  # fmt: skip
+        return dataclasses.replace(m, gpu_hour_price=gpu, input_price=per_million, output_price=per_million)
+
+    @property
+    def cost_unit(self) -> str:
+        """What costs and the budget are counted in: `USD`, or `GPU-s` under a deadline."""
+        return "USD" if self.budget.deadline_s is None else "GPU-s"
 
     def backend_of(self, model: ModelSpec) -> str:
         """The generation backend that answers `model`."""
@@ -473,6 +570,11 @@ def job_config_from_dict(raw: Mapping) -> JobConfig:
     if not isinstance(models, list):
         raise ConfigError("`models` must be a list of model entries")
     kwargs["models"] = tuple(_build(ModelSpec, m, f"models[{i}]") for i, m in enumerate(models))
+    budget = kwargs["budget"]
+    if budget.deadline_s is not None and not math.isinf(budget.total):
+        # The job fills `total` in from the deadline when it starts (router.job.engines.with_deadline).
+        raise ConfigError("budget.deadline_s and budget.total are two budgets: set one (budget.total=inf with "
+                          f"a deadline), got total {budget.total!r}")  # fmt: skip
     for key in ("input", "output"):
         if kwargs.get(key) is not None:
             kwargs[key] = str(kwargs[key])

@@ -52,27 +52,69 @@ def _sources_lines(what: str, sources: dict[str, str]) -> list[str]:
     return [f"{what}: {source}: {', '.join(models)}" for source, models in by_source.items()]
 
 
+def _wave_lines(d: dict[str, Any]) -> list[str]:
+    """The waves: each one's plan (budget left, lambda, the cost correction) and spend, and the share
+    of the budget used in the end."""
+    waves = d.get("waves") or []
+    if not waves:
+        return []
+    u = d.get("cost_unit") or "USD"
+    lines = [f"{'wave':>4} {'rows':>7} {u + ' left':>11} {'lambda':>10} {'predicted ' + u:>14} {'actual ' + u:>11} "
+             f"{'spent in all':>13} {'refused':>8}  cost correction (min-max)"]  # fmt: skip
+    for w in waves:
+        f = list(w["factors"].values())
+        lam = "-" if w["lam"] is None else f"{w['lam']:.4g}"
+        lines.append(f"{w['number']:>4} {w['rows']:>7} {w['budget_left']:>11.6g} {lam:>10} {w['predicted']:>14.6g} "
+                     f"{w['actual']:>11.6g} {w['spent_after']:>13.6g} {w['refused']:>8}  "
+                     f"{min(f):.3g}-{max(f):.3g}")  # fmt: skip
+    budget, act = d.get("budget_usd"), d.get("actual_spend_usd")
+    if budget:
+        lines.append(f"budget used: {act / budget:.1%} of {budget:.6g} {u}"
+                     + (" (hard: a row entered an engine only when its worst case fitted)" if d.get("budget_mode") == "hard" else ""))  # fmt: skip
+    return lines
+
+
+def _gpu_time_lines(d: dict[str, Any]) -> list[str]:
+    """GPU-seconds predicted and used by the models priced by GPU time, and the deadline, if any."""
+    g = d.get("gpu_time")
+    lines = []
+    if d.get("deadline_s") is not None:
+        budget = d.get("budget_usd")
+        lines.append(f"deadline: {d['deadline_s']:g}s of generation"
+                     + (f", {budget:.6g} GPU-seconds on the job's devices after the engines' start" if budget is not None else ""))  # fmt: skip
+    if g:
+        used = "-" if g["used_s"] is None else f"{g['used_s']:.4g}"
+        per = ", ".join(f"{m} {v['predicted_s'] or 0:.4g}/{'-' if v['used_s'] is None else format(v['used_s'], '.4g')}"
+                        for m, v in g["models"].items())  # fmt: skip
+        lines.append(f"GPU time: predicted {g['predicted_s']:.4g} GPU-s, used {used} GPU-s"
+                     + (f" (per model, predicted/used: {per})" if per else ""))  # fmt: skip
+    return lines
+
+
 def format_summary(cfg: JobConfig, result: RunResult) -> str:
     d = report_dict(cfg, result)
     ran = bool(result.output)
+    u = d["cost_unit"]
     lines = []
-    budget = "unlimited" if d["budget_usd"] is None else f"{d['budget_usd']:.6g} USD"
+    budget = "unlimited" if d["budget_usd"] is None else f"{d['budget_usd']:.6g} {u}"
     lines.append(f"rows: {d['rows']}   budget: {budget} ({d['budget_mode']})   "
-                 f"predicted spend: {_usd(d['predicted_spend_usd'])} USD" +
-                 (f"   actual spend: {_usd(d['actual_spend_usd'])} USD" if ran else ""))  # fmt: skip
+                 f"predicted spend: {_usd(d['predicted_spend_usd'])} {u}" +
+                 (f"   actual spend: {_usd(d['actual_spend_usd'])} {u}" if ran else ""))  # fmt: skip
     if d.get("resumed"):
         r = d["resumed"]
-        lines.append(f"resumed: {r['rows']} rows were written by earlier runs ({_usd(r['spend_usd'])} USD); "
+        lines.append(f"resumed: {r['rows']} rows were written by earlier runs ({_usd(r['spend_usd'])} {u}); "
                      "this run routed the rest with what was left of the budget")  # fmt: skip
     lines.append("statuses: " + ", ".join(f"{k}={v}" for k, v in sorted(d["statuses"].items())))
     lines.extend(_sources_lines("prompt tokens counted by", d.get("prompt_tokens") or {}))
     lines.extend(_sources_lines("answers planned at", d.get("answer_lengths") or {}))
-    header = f"{'model':34} {'rows':>7} {'predicted USD':>14}"
+    header = f"{'model':34} {'rows':>7} {'predicted ' + u:>14}"
     if ran:
-        header += f" {'actual USD':>12} {'actual/pred':>11} {'in tokens':>10} {'out tokens':>10}"
+        header += f" {'actual ' + u:>12} {'actual/pred':>11} {'in tokens':>10} {'out tokens':>10}"
     lines.append(header)
     for t in [*result.by_model, ModelTally.total(result.by_model)]:
         lines.append(_model_line(t, ran))
+    lines.extend(_wave_lines(d))
+    lines.extend(_gpu_time_lines(d))
     lines.append(f"{'phase':42} {'rows':>7} {'seconds':>9} {'rows/s':>9}")
     for p in d["phases"]:
         lines.append(f"{p['phase']:42} {p['rows']:>7} {p['seconds']:>9.1f} {p['rows_per_s']:>9.1f}")
@@ -92,8 +134,8 @@ def format_summary(cfg: JobConfig, result: RunResult) -> str:
     if f:
         c = f["chosen"]
         lines.append(f"frontier (predicted, from {f['sample_rows']} of {f['rows']} rows): every row at its cheapest "
-                     f"model {f['cheapest_usd']:.6g} USD; at its best {f['best_quality_usd']:.6g} USD for total "
-                     f"quality {f['best_quality']:.4g}; this plan {c['cost_usd']:.6g} USD for {c['quality']:.4g}")  # fmt: skip
+                     f"model {f['cheapest_usd']:.6g} {u}; at its best {f['best_quality_usd']:.6g} {u} for total "
+                     f"quality {f['best_quality']:.4g}; this plan {c['cost_usd']:.6g} {u} for {c['quality']:.4g}")  # fmt: skip
     if d["note"]:
         lines.append("NOTE: " + d["note"])
     return "\n".join(lines)
@@ -182,14 +224,15 @@ def write_report_folder(output: str, folder: str | None = None, scan: OutputScan
 # ---------------------------------------------------------------- pictures (matplotlib, Agg)
 
 
-def _usd_unit(values) -> tuple[float, str]:
-    """A factor and unit that keep small spends readable on an axis (USD, 10^-3 USD, 10^-6 USD)."""
+def _usd_unit(values, unit: str = "USD") -> tuple[float, str]:
+    """A factor and unit that keep small spends readable on an axis (USD, 10^-3 USD, 10^-6 USD;
+    GPU-s alike under a deadline)."""
     top = max((abs(v) for v in values if v is not None and math.isfinite(v)), default=0.0)
     if top >= 1 or top == 0:
-        return 1.0, "USD"
+        return 1.0, unit
     if top >= 1e-3:
-        return 1e3, "$10^{-3}$ USD"
-    return 1e6, "$10^{-6}$ USD"
+        return 1e3, f"$10^{{-3}}$ {unit}"
+    return 1e6, f"$10^{{-6}}$ {unit}"
 
 
 def _model_label(m: Any) -> str:
@@ -198,7 +241,8 @@ def _model_label(m: Any) -> str:
 
 def _budget_text(d: dict[str, Any]) -> str:
     b = d.get("budget_usd")
-    return "no budget" if b is None else f"budget {b:.6g} USD ({d.get('budget_mode')})"
+    unit = d.get("cost_unit") or "USD"
+    return "no budget" if b is None else f"budget {b:.6g} {unit} ({d.get('budget_mode')})"
 
 
 def _bar_labels(ax, bars, fmt: str = "{:g}") -> None:
@@ -223,7 +267,7 @@ def _spend_and_rows(d: dict[str, Any], plt):
     answered = [t.statuses.get(S.OK, 0) if t.model is not None else 0 for t in models]
     pred = [t.predicted_cost or 0.0 for t in models]
     act = [t.actual_cost or 0.0 for t in models]
-    f, unit = _usd_unit(pred + act)
+    f, unit = _usd_unit(pred + act, d.get("cost_unit") or "USD")
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, max(4.0, 1.6 + 0.45 * len(models))), sharey=True, dpi=110,
                                    layout="constrained")  # fmt: skip
     h = 0.38
@@ -252,12 +296,12 @@ def _frontier(d: dict[str, Any], plt):
     n = fr["rows"]
     pts = sorted(fr["points"], key=lambda p: p["cost_usd"])
     c = fr["chosen"]
-    f, unit = _usd_unit([p["cost_usd"] for p in pts] + [c["cost_usd"]])
+    f, unit = _usd_unit([p["cost_usd"] for p in pts] + [c["cost_usd"]], d.get("cost_unit") or "USD")
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110, layout="constrained")
     ax.plot([p["cost_usd"] * f for p in pts], [p["quality"] / n for p in pts], "o-", ms=3, color="tab:blue",
             label=f"frontier: budget swept ({len(pts)} budgets)")  # fmt: skip
     ax.plot(c["cost_usd"] * f, c["quality"] / n, "*", ms=16, color="tab:red", zorder=5,
-            label=f"this plan: {c['cost_usd']:.4g} USD, quality {c['quality'] / n:.3f} per row")  # fmt: skip
+            label=f"this plan: {c['cost_usd']:.4g} {d.get('cost_unit') or 'USD'}, quality {c['quality'] / n:.3f} per row")  # fmt: skip
     if c.get("budget_usd") is not None:
         ax.axvline(c["budget_usd"] * f, ls="--", color="0.4", lw=1, label="budget")
     ax.axvline(fr["cheapest_usd"] * f, ls=":", color="tab:green", lw=1,
@@ -331,7 +375,35 @@ def _plan_vs_actual(d: dict[str, Any], plt):
     pred, act = d.get("predicted_spend_usd"), d.get("actual_spend_usd")
     share = f" ({act / pred:.0%} of plan)" if pred and act is not None else ""
     pred_text = "-" if pred is None else f"{pred:.6g}"
-    fig.suptitle(f"Plan vs what happened: predicted {pred_text} USD, actual {act:.6g} USD{share}; {_budget_text(d)}")
+    u = d.get("cost_unit") or "USD"
+    fig.suptitle(f"Plan vs what happened: predicted {pred_text} {u}, actual {act:.6g} {u}{share}; {_budget_text(d)}")
+    return fig
+
+
+def _spend_over_run(d: dict[str, Any], plt):
+    """Actual spend against the budget as the waves answered the rows, each wave's plan beside it."""
+    waves = d.get("waves") or []
+    if not waves:
+        return None
+    rows = np.cumsum([0] + [w["rows"] for w in waves])
+    spent = np.array([waves[0]["spent_after"] - waves[0]["actual"]] + [w["spent_after"] for w in waves])
+    planned = spent[:-1] + np.array([w["predicted"] for w in waves])
+    scale, unit = _usd_unit(np.concatenate([spent, planned, [d.get("budget_usd") or 0.0]]), d.get("cost_unit") or "USD")
+    fig, ax = plt.subplots(figsize=(9, 5), dpi=110, layout="constrained")
+    ax.plot(rows, spent * scale, "o-", color="tab:blue", label="actual spend")
+    for i, w in enumerate(waves):
+        ax.plot([rows[i], rows[i + 1]], [spent[i] * scale, planned[i] * scale], ":", color="tab:gray",
+                label="each wave's plan" if i == 0 else None)  # fmt: skip
+        lam = "" if w["lam"] is None else f"\nlambda {w['lam']:.3g}"
+        ax.annotate(f"wave {w['number']}{lam}", (rows[i + 1], spent[i + 1] * scale), fontsize=7,
+                    xytext=(4, -14), textcoords="offset points")  # fmt: skip
+    if d.get("budget_usd"):
+        ax.axhline(d["budget_usd"] * scale, color="tab:red", ls="--", label=f"budget ({d['budget_mode']})")
+    ax.set_xlabel("rows written")
+    ax.set_ylabel(f"spend ({unit})")
+    ax.set_title(f"Spend over the run, wave by wave; {_budget_text(d)}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
     return fig
 
 
@@ -340,6 +412,7 @@ PICTURES = {
     "frontier.png": _frontier,
     "capabilities_and_domains.png": _labels,
     "plan_vs_actual.png": _plan_vs_actual,
+    "spend_over_run.png": _spend_over_run,
 }
 
 

@@ -93,7 +93,9 @@ def test_router_run_follows_a_shared_schedule(routed, tmp_path):
     b = tmp_path / "standin-copy"
     shutil.copytree(a, b)
     out = tmp_path / "out"
+    # One wave of the plan in expected mode: each pool runs once, with the rows the plan gave it.
     cfg = load_config(CONFIG, [f"output={out}", "encoder.device=cpu", "generation.standin=false",
+                               "budget.mode=expected", "budget.waves=[1.0]",
                                "generation.dtype=float32", "generation.schedule=shared",
                                *[f"models.{m}.max_context=4096" for m in MODELS], *two_pools(routed, str(a), str(b))])  # fmt: skip
     result = run_job(cfg)

@@ -154,9 +154,13 @@ def test_a_job_answers_through_the_endpoint(server, tmp_path):
     inputs = [json.loads(line)["id"] for line in (ROOT / "examples" / "prompts.jsonl").read_text().splitlines()]
     assert sorted(x[S.ID] for x in rows) == sorted(inputs)
     answered = [x for x in rows if x[S.STATUS] == S.OK]
-    assert len(answered) == len(inputs) - sum(x[S.STATUS] == S.INVALID_INPUT for x in rows)
+    valid = [x for x in rows if x[S.STATUS] != S.INVALID_INPUT]
+    assert len(answered) >= 0.9 * len(valid)
     assert all(x[S.OUTPUT_TOKENS] >= 1 and x[S.ACTUAL_COST] > 0 for x in answered)
-    # Hard mode: the plan bounds the spend, with the server's own token counts.
+    # Hard mode: the spend is bounded with the server's own token counts; a row whose worst case (its
+    # UTF-8 bytes plus a template allowance, as the endpoint counts tokens itself) no longer fits is
+    # over_budget, and says why.
     assert sum(x[S.ACTUAL_COST] for x in answered) <= 0.002
+    assert all(x[S.STATUS] == S.OVER_BUDGET and x[S.ERROR] == S.REFUSED for x in valid if x[S.STATUS] != S.OK)
     shown = r.stdout + r.stderr + Path(out / "_report.json").read_text() + Path(out / "_job.json").read_text()
     assert server["key"] not in shown

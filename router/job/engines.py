@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from router.config import JobConfig, ModelSpec
 from router.errors import JobFailed
-from router.job.cluster import gpus_available, wants_gpus
+from router.job.cluster import gpus_available, log, wants_gpus
 from router.job.schedule import PoolLoad, Schedule, ScheduleError, plan_schedule
 from router.job.tally import ModelTally
 
@@ -134,10 +134,28 @@ def schedule_pools(cfg: JobConfig, by_model: list[ModelTally], build: bool = Tru
     return pools, schedule
 
 
+def with_deadline(cfg: JobConfig) -> JobConfig:
+    """Under `budget.deadline_s`, the job's budget in GPU-seconds: the devices it has (the GPUs to
+    schedule on; without GPUs, the most replicas an engine pool runs, one device each) times the
+    deadline less every engine pool's start (`load_s`, counted in full, as when pools run in turn).
+    Unchanged without a deadline."""
+    if cfg.budget.deadline_s is None:
+        return cfg
+    groups = engine_groups(cfg, standin_weights(cfg, build=False)[0])
+    gpus = (cfg.generation.gpus or int(gpus_available())) if wants_gpus(cfg.generation.device) else 0
+    devices = gpus or max(max(m.replicas for m in members) for members in groups.values())
+    load = sum(max(cfg.generation.load_s if m.load_s is None else m.load_s for m in members)
+               for members in groups.values())  # fmt: skip
+    total = max(0.0, devices * (cfg.budget.deadline_s - load))
+    log(f"deadline {cfg.budget.deadline_s:g}s on {devices} {'GPUs' if gpus else 'engine replicas'}, less "
+        f"{load:g}s of engine starts: a budget of {total:.6g} GPU-seconds")  # fmt: skip
+    return dataclasses.replace(cfg, budget=dataclasses.replace(cfg.budget, total=total))
+
+
 def engine_settings(cfg: JobConfig, engine: Engine, members: Sequence[ModelSpec], on_gpu: bool,
-                    context_limit: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
+                    context_limit: int | None, ledger: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """The generator's constructor arguments for one engine pool, and the Ray resources of each of
-    its engine actors."""
+    its engine actors. `ledger`: the hard budget's (`router.job.ledger.LedgerClient`), or None."""
     from router.backends.generators import ModelSettings
 
     settings = {m.name: ModelSettings.of(m) for m in members}  # validated once, by the config
@@ -153,6 +171,8 @@ def engine_settings(cfg: JobConfig, engine: Engine, members: Sequence[ModelSpec]
     dtype = "float32" if cfg.generation.standin else cfg.generation.dtype
     tp = engine.tensor_parallel
     kwargs: dict[str, Any] = dict(weights=engine.weights, models=settings, max_model_len=max_len)
+    if ledger is not None:
+        kwargs["ledger"] = ledger
     if engine.backend == "openai":  # an HTTP client with requests in flight: no GPU, little CPU
         kwargs.update(base_url=engine.base_url, api_key_env=engine.api_key_env,
                       concurrency=cfg.generation.concurrency)  # fmt: skip

@@ -42,11 +42,14 @@ def _fs(output: str):
 
 def job_identity(cfg: JobConfig) -> dict[str, Any]:
     """What must not change between a job and its resumption: whatever decides a row's route,
-    answer or cost. Replicas, batch sizes, devices and the encoder backend may change."""
+    answer or cost. Replicas, batch sizes, devices and the encoder backend may change, and so may the
+    token prices a model priced by GPU time derives from its throughput (a measured estimate)."""
+    free = ("replicas", "tensor_parallel", "tokens_per_s", "load_s")
     models = [
-        {k: v for k, v in dataclasses.asdict(m).items() if k not in ("replicas", "tensor_parallel", "tokens_per_s", "load_s")}
+        {k: v for k, v in dataclasses.asdict(m).items()
+         if k not in free and not (m.gpu_hour_price is not None and k in ("input_price", "output_price"))}
         for m in cfg.models
-    ]
+    ]  # fmt: skip
     return {
         "input": cfg.input,
         "text_column": cfg.text_column,
@@ -54,7 +57,8 @@ def job_identity(cfg: JobConfig) -> dict[str, Any]:
         "task_column": cfg.task_column,
         "profiles": cfg.profiles,
         "encoder": cfg.encoder.model,
-        "budget": dataclasses.asdict(cfg.budget),
+        # How the answering is split into waves is no matter to a resumed job.
+        "budget": {k: v for k, v in dataclasses.asdict(cfg.budget).items() if k != "waves"},
         "standin": cfg.generation.standin,
         "models": models,
     }
@@ -226,8 +230,12 @@ def clear_tmp(output: str) -> None:
         fs.delete_dir(f"{path}/{TMP}")
 
 
-def finalize(batch: pa.Table, text_column: str) -> pa.Table:
-    """The output's columns and types, whatever the row's fate: one schema across every file."""
+def finalize(batch: pa.Table, text_column: str, keep_refused: bool = True) -> pa.Table:
+    """The output's columns and types, whatever the row's fate: one schema across every file.
+    `keep_refused` False: rows the hard budget refused (`schema.REFUSED`) are left out, to be routed
+    again with what the budget has left."""
+    if not keep_refused and S.ERROR in batch.column_names:
+        batch = batch.filter(pc.invert(pc.fill_null(pc.equal(batch[S.ERROR], S.REFUSED), False)))
     n = batch.num_rows
     types = {
         S.RESPONSE: pa.string(), S.INPUT_TOKENS: pa.int64(), S.OUTPUT_TOKENS: pa.int64(),

@@ -20,7 +20,7 @@ from router.cost import planned_output_tokens
 from router.job import build
 from router.job.budget_passes import SummarySink, group_source, model_caps, solve_route, summary_sink
 from router.job.cluster import driver_batches, init_ray, log, small_job, wants_gpus
-from router.job.engines import schedule_pools, standin_weights
+from router.job.engines import schedule_pools, standin_weights, with_deadline
 from router.job.frontier import sampled_frontier
 from router.job.result import Phase, RunResult
 from router.job.tally import ModelTally, tally
@@ -37,10 +37,7 @@ CALIBRATION_PROMPTS = 2000
 
 def calibrate_prompts(cfg: JobConfig, units: list) -> dict[str, PromptCalibration | None]:
     """Per pool model, its family's prompt tokens fitted on a sample of the job's prompts, counted by
-    the tokenizer of the weights its engine loads (None: no tokenizer at hand, or `hard` mode,
-    which bounds prompts by their UTF-8 bytes)."""
-    if cfg.budget.mode == "hard":
-        return {m.name: None for m in cfg.models}
+    the tokenizer of the weights its engine loads (None: no tokenizer at hand)."""
     sample: list[str] = []
     for unit in units:
         t = read_unit(unit, cfg.text_column, cfg.id_column)
@@ -65,8 +62,6 @@ def calibrate_prompts(cfg: JobConfig, units: list) -> dict[str, PromptCalibratio
 
 def prompt_token_sources(cfg: JobConfig, fits: dict[str, PromptCalibration | None]) -> dict[str, str]:
     """Per model, what the plan counts its prompt tokens with, as the summary says it."""
-    if cfg.budget.mode == "hard":
-        return {m.name: "UTF-8 bytes (hard mode's upper bound)" for m in cfg.models}
     fallback = "UTF-8 bytes / 4 (no tokenizer at hand)"
     return {name: fallback if fit is None else fit.describe() for name, fit in fits.items()}
 
@@ -117,15 +112,14 @@ def check_caps(cfg: JobConfig, by_model: list[ModelTally]) -> None:
         rows, spend = t.rows, t.predicted_cost or 0.0
         over_spend = m.max_spend is not None and spend > m.max_spend * (1 + 1e-9)
         if (m.max_rows is not None and rows > m.max_rows) or over_spend:
-            log(f"warning: model {m.name} got {rows} rows, {spend:.6g} USD predicted, over its cap "
+            log(f"warning: model {m.name} got {rows} rows, {spend:.6g} {cfg.cost_unit} predicted, over its cap "
                 f"(max_rows {m.max_rows}, max_spend {m.max_spend}); ids in the input repeat?")  # fmt: skip
 
 
 def answer_lengths(cfg: JobConfig) -> dict[str, str]:
-    """Per pool model, what its answers are planned at: `max_tokens` (hard mode), its length
-    profile, per-cluster means, or the config's length where the profiles have no length data."""
-    if cfg.budget.mode == "hard":
-        return {m.name: f"max_tokens ({m.max_tokens})" for m in cfg.models}
+    """Per pool model, what its answers are planned at: its length profile, per-cluster means, or
+    the config's length where the profiles have no length data (both budget modes: `hard` mode
+    keeps its guarantee while answering, `router.job.ledger`)."""
     sources = load_profiles(cfg.profiles).select(cfg.model_names).length_source
     planned = {
         "profile": "length profile",
@@ -139,8 +133,9 @@ def answer_lengths(cfg: JobConfig) -> dict[str, str]:
 
 
 def encode_and_route(cfg: JobConfig, result: RunResult, skip_ids: pa.Array | None = None):
-    """Encode, score and solve the budget; returns the assigned dataset (materialised) and records
-    the plan, the frontier, the phases and what each model got in `result`."""
+    """Encode, score and solve the budget; returns the assigned and the scored datasets
+    (materialised: the waves re-solve on the scored one) and records the plan, the frontier, the
+    phases and what each model got in `result`."""
     t0 = time.perf_counter()
     fits = calibrate_prompts(cfg, plan_read(cfg.input, cfg.text_column, cfg.id_column)[0])
     result.prompt_tokens = prompt_token_sources(cfg, fits)
@@ -157,7 +152,7 @@ def encode_and_route(cfg: JobConfig, result: RunResult, skip_ids: pa.Array | Non
     plan, allow_skip = solve_route(cfg, scored, n, summary)
     result.plan, result.allow_skip = plan, allow_skip
     result.phases.append(Phase("budget solve", n, time.perf_counter() - t0))
-    log(f"budget {cfg.budget.total:.6g} USD: lambda*={plan.lam:.6g}, predicted spend {plan.predicted_cost:.6g} USD "
+    log(f"budget {cfg.budget.total:.6g} {cfg.cost_unit}: lambda*={plan.lam:.6g}, predicted spend {plan.predicted_cost:.6g} "
         f"({result.phases[-1].seconds:.1f}s)")  # fmt: skip
     t0 = time.perf_counter()
     result.frontier = sampled_frontier(scored, n, cfg.budget.total)
@@ -174,14 +169,15 @@ def encode_and_route(cfg: JobConfig, result: RunResult, skip_ids: pa.Array | Non
     result.by_model, result.by_status = tally(assigned)
     if model_caps(cfg):
         check_caps(cfg, result.by_model)
-    return assigned
+    return assigned, scored
 
 
 def plan_job(cfg: JobConfig) -> tuple[RunResult, object]:
     """Route only: the assignment and predicted spend. Returns the result and the assigned dataset."""
     validate_job(cfg)
     init_ray(cfg)
+    cfg = with_deadline(cfg)
     result = RunResult(output=None, n_rows=0, plan=None, budget=cfg.budget.total, allow_skip=False)
-    assigned = encode_and_route(cfg, result)
+    assigned, _ = encode_and_route(cfg, result)
     _, result.schedule = schedule_pools(cfg, result.by_model, build=False)
     return result, assigned

@@ -43,6 +43,9 @@ class StartedEngines:
     actors: list[Any]
     created: float
     """time.time() when they were created (an engine tells when it was ready in the same clock)."""
+    busy_told: float = 0.0
+    """Seconds of answering that earlier passes' `usage` already told (a job answers in waves)."""
+    start_told: bool = False
 
     def wait_ready(self, timeout: float, names: list[str]) -> EngineStart:
         """Block until every engine has started; a start that failed fails the job (its error is
@@ -59,6 +62,9 @@ class StartedEngines:
                             "memory they ask for")  # fmt: skip
         ready_at = max(ray.get(refs))  # an engine that could not start raises its own error here
         early = asked - ready_at
+        if self.start_told:  # a later wave: the start was told with the first
+            return EngineStart(ready_at - self.created, early)
+        self.start_told = True
         log(f"generate {', '.join(names)}: {len(self.actors)} engine(s) started in {ready_at - self.created:.1f}s, "
             + (f"ready {early:.1f}s before their rows" if early >= 0 else f"their rows waited {-early:.1f}s for them"))
         return EngineStart(ready_at - self.created, early)
@@ -74,9 +80,11 @@ class StartedEngines:
             return None
         if not used:
             return None
-        firsts = [u["first_call"] for u in used if u["first_call"] is not None]
-        busy = sum(u["busy_s"] for u in used) / (len(used) * seconds) if seconds > 0 else 0.0
-        return EngineUsage(busy, min(firsts) - since if firsts else None)
+        firsts = [u["first_call"] for u in used if u["first_call"] is not None and u["first_call"] >= since]
+        total = sum(u["busy_s"] for u in used)
+        busy = (total - self.busy_told) / (len(used) * seconds) if seconds > 0 else 0.0
+        self.busy_told = total
+        return EngineUsage(min(busy, 1.0), min(firsts) - since if firsts else None)
 
     def keep(self, n: int) -> None:
         import ray
@@ -109,8 +117,9 @@ def prestart_plan(cfg: JobConfig, gpus: float) -> EnginePool | None:
     return EnginePool(engine, members, n, True) if n >= 1 else None
 
 
-def start_engines(cfg: JobConfig) -> StartedEngines | None:
-    """Start the engines of `prestart_plan`, if any; they load while the job routes."""
+def start_engines(cfg: JobConfig, ledger: Any = None) -> StartedEngines | None:
+    """Start the engines of `prestart_plan`, if any; they load while the job routes. `ledger`: the
+    hard budget's (`router.job.ledger`), which the engines ask before they generate."""
     pool = prestart_plan(cfg, gpus_available())
     if pool is None:
         return None
@@ -119,7 +128,7 @@ def start_engines(cfg: JobConfig) -> StartedEngines | None:
     from router.stages.generate import EngineActor
 
     engine = pool.engine
-    kwargs, resources = engine_settings(cfg, engine, pool.members, pool.on_gpu, standin_weights(cfg)[1])
+    kwargs, resources = engine_settings(cfg, engine, pool.members, pool.on_gpu, standin_weights(cfg)[1], ledger)
     if not pool.on_gpu:
         # A quarter CPU while the encoders run beside it (the CPU stages' actors take the rest of a
         # 2-CPU node); its rows come after encoding, when those actors are gone.

@@ -102,6 +102,28 @@ class RunResult:
     """Per model, what the plan counted its prompt tokens with (`router.job.plan.prompt_token_sources`)."""
     answer_lengths: dict[str, str] = field(default_factory=dict)
     """Per model, what the plan took its answer lengths from (`router.job.plan.answer_lengths`)."""
+    waves: list[Any] = field(default_factory=list)
+    """The answering's waves (`router.job.waves.Wave`): each one's plan and its spend."""
+
+
+def gpu_time(cfg: JobConfig, by_model: list[ModelTally]) -> dict[str, Any] | None:
+    """GPU-seconds predicted and used, in all and per model, of the models priced by GPU time (their
+    costs over their price per GPU-second); None when the pool has none."""
+    per_s = {m.name: m.gpu_hour_price / 3600.0 for m in cfg.models if m.gpu_hour_price}
+    if not per_s:
+        return None
+
+    def seconds(cost: float | None, price: float) -> float | None:
+        return None if cost is None else cost / price
+
+    models = {t.model: {"predicted_s": seconds(t.predicted_cost, per_s[t.model]), "used_s": seconds(t.actual_cost, per_s[t.model])}
+              for t in by_model if t.model in per_s}  # fmt: skip
+    used = [m["used_s"] for m in models.values() if m["used_s"] is not None]
+    return {
+        "predicted_s": sum(m["predicted_s"] or 0.0 for m in models.values()),
+        "used_s": sum(used) if used else None,
+        "models": models,
+    }
 
 
 def report_dict(cfg: JobConfig, result: RunResult) -> dict[str, Any]:
@@ -114,6 +136,9 @@ def report_dict(cfg: JobConfig, result: RunResult) -> dict[str, Any]:
         "rows": result.n_rows,
         "budget_usd": None if math.isinf(result.budget) else result.budget,
         "budget_mode": cfg.budget.mode,
+        "cost_unit": cfg.cost_unit,
+        "deadline_s": cfg.budget.deadline_s,
+        "gpu_time": gpu_time(cfg, result.by_model),
         "lambda": None if plan is None else plan.lam,
         # Resumed: what the earlier runs spent plus this run's plan (which had only the rest of the budget).
         "predicted_spend_usd": None if plan is None else plan.predicted_cost + (prior.spend if prior else 0.0),
@@ -133,6 +158,7 @@ def report_dict(cfg: JobConfig, result: RunResult) -> dict[str, Any]:
         "answer_lengths": result.answer_lengths,
         "schedule": None if result.schedule is None else result.schedule.to_dict(),
         "generation": [g.to_dict() for g in result.generation],
+        "waves": [w.to_dict() for w in result.waves],
         "note": STANDIN_NOTE if result.standin else None,
     }
 

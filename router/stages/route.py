@@ -45,7 +45,8 @@ class PoolArrays:
     mode: str
     # Per model, prompt tokens per UTF-8 byte and the chat template's tokens, as its family's
     # tokenizer counted a sample of the job's prompts (`router.backends.tokens`); NaN: no tokenizer
-    # at hand, the UTF-8 estimate instead. `hard` mode always bounds prompts by their bytes.
+    # at hand, the UTF-8 estimate instead. Both budget modes plan on these expected counts: `hard`
+    # mode's guarantee is kept while answering (`router.budget.SpendLedger`), not by the plan.
     prompt_per_byte: np.ndarray | None = None
     prompt_template: np.ndarray | None = None
 
@@ -71,10 +72,9 @@ class PoolArrays:
         )
 
     def prompt_tokens(self, utf8_bytes: np.ndarray) -> np.ndarray:
-        """Planned prompt tokens: [N] (the same for every model: `hard` mode's bound, or no
-        calibration at all) or [N, M] (each model's calibration, the UTF-8 estimate where none)."""
-        estimate = estimate_input_tokens(utf8_bytes, self.mode)
-        if self.mode == "hard" or self.prompt_per_byte is None or np.isnan(self.prompt_per_byte).all():
+        """Planned prompt tokens: [N] (the same for every model: no calibration at all) or [N, M] (each model's calibration, the UTF-8 estimate where none)."""
+        estimate = estimate_input_tokens(utf8_bytes, "expected")
+        if self.prompt_per_byte is None or np.isnan(self.prompt_per_byte).all():
             return estimate
         counted = np.ceil(np.multiply.outer(utf8_bytes.astype(np.float64), self.prompt_per_byte)) + self.prompt_template
         return np.where(np.isnan(counted), estimate[:, None], counted)
@@ -139,11 +139,8 @@ class Scorer:
         quality = p.score_annotated(ann)
         nbytes = pc.fill_null(pc.binary_length(batch[S.PROMPT]), 0).to_numpy()
         in_tokens = pool.prompt_tokens(nbytes)
-        if pool.mode == "hard":
-            out_tokens = pool.max_tokens.astype(np.float64)  # [M]: the same for every row
-        else:
-            predicted = p.expected_output_tokens(ann).astype(np.float64)
-            out_tokens = np.minimum(np.where(np.isnan(predicted), pool.expected_output, predicted), pool.max_tokens)
+        predicted = p.expected_output_tokens(ann).astype(np.float64)
+        out_tokens = np.minimum(np.where(np.isnan(predicted), pool.expected_output, predicted), pool.max_tokens)
         cost = cost_matrix(in_tokens, out_tokens, pool.input_price, pool.output_price, pool.max_context)
         status = batch[S.STATUS]
         ok = pc.equal(status, S.OK).to_numpy(zero_copy_only=False)
