@@ -14,15 +14,10 @@ TEMPLATE_TOKENS = 16
 CHARS_PER_TOKEN = 4.0
 
 
-def estimate_input_tokens(utf8_bytes: np.ndarray, mode: str) -> np.ndarray:
-    """Prompt tokens per row from the prompt's UTF-8 length.
-
-    `hard` mode returns an upper bound: a byte-level tokenizer never makes more tokens than bytes,
-    so the plan can never underestimate what a row will cost.
-    """
+def estimate_input_tokens(utf8_bytes: np.ndarray) -> np.ndarray:
+    """Prompt tokens per row from the prompt's UTF-8 length, where no tokenizer is at hand: about
+    CHARS_PER_TOKEN bytes a token, plus the chat template's allowance."""
     b = np.asarray(utf8_bytes, dtype=np.int64)
-    if mode == "hard":
-        return b + TEMPLATE_TOKENS
     return np.ceil(b / CHARS_PER_TOKEN).astype(np.int64) + TEMPLATE_TOKENS
 
 

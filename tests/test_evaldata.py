@@ -155,7 +155,7 @@ def test_routerbench_costs_with_prices_give_answer_lengths(tmp_path):
         pickle.dump(df, f)
     prices = {"gpt-x": {"input_price": 10.0, "output_price": 30.0}}
     t = read_eval_table([path], prices=prices)
-    tokens_in = estimate_input_tokens(np.array([len(q.encode()) for q in t.queries]), "expected")
+    tokens_in = estimate_input_tokens(np.array([len(q.encode()) for q in t.queries]))
     expect = np.maximum((df["gpt-x|total_cost"].to_numpy() * 1e6 - tokens_in * 10.0) / 30.0, 0)
     np.testing.assert_allclose(t.output_tokens[:, 0], expect, rtol=1e-5)
     assert np.isnan(t.output_tokens[:, 1]).all()

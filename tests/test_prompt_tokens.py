@@ -57,7 +57,7 @@ def test_the_plan_prices_each_family_by_its_calibration_in_either_mode(tokenizer
     assert tokens.shape == (3, len(cfg.models))
     np.testing.assert_array_equal(tokens[:, 0], fit.tokens(utf8))
     for j in range(1, len(rest) + 1):  # no calibration: the UTF-8 estimate
-        np.testing.assert_array_equal(tokens[:, j], estimate_input_tokens(utf8, "expected"))
+        np.testing.assert_array_equal(tokens[:, j], estimate_input_tokens(utf8))
     hard = load_config(CONFIG, ["input=x", "output=y", "budget.mode=hard"])
     np.testing.assert_array_equal(PoolArrays.from_config(hard, {first: fit}).prompt_tokens(utf8), tokens)
 

@@ -1,12 +1,12 @@
 """Answering in waves, the plan re-solved on what was actually spent (`budget.waves`).
 
-    wave 1: a share of the planned rows, spread over every model in the plan (each model's
-            first rows, at least WAVE_MIN_ROWS where it has them), answered under the first plan
+    wave 1: a random share of the planned rows, spread over every model in the plan (at least
+            WAVE_MIN_ROWS of each model's rows where it has them), answered under the first plan
     then, wave by wave: the rows not yet written (the scored rows less every id in the output)
             their predicted costs scaled per model by what its answers have cost against their
             prediction so far (`CostCorrection`), re-solved with the budget minus the actual spend
-            in the output (and caps less what their models already took), and the wave's share of
-            them answered; rows already answered keep their model
+            in the output (and caps less what their models already took), and a random share of
+            them answered (the last wave: all); rows already answered keep their model
     rows a plan leaves over budget are not written before the last wave: each re-solve may find
             the money for them
 
@@ -15,8 +15,8 @@ a row whose worst case does not fit in what is left is refused and, until the wa
 written but routed again in the next wave with what the budget still has. A wave before the last
 may also spend at most WAVE_SLACK times its planned share of what is left: when the answers run
 far longer than predicted, the first rows cannot spend what the rest need (they are routed
-again, with the correction the wave has learnt). Whatever the answers
-do, the actual spend never exceeds the budget. A resumed job re-solves from the actual spend on
+again, with the correction the wave has learnt). Whatever the answers do, the actual spend never
+exceeds the budget. A resumed job re-solves from the actual spend on
 disk; its cost correction is learnt afresh from its own waves.
 """
 
@@ -51,8 +51,6 @@ WAVE_MIN_ROWS = 3
 SHRINK_ROWS = 4
 # Hard mode: a wave before the last may spend at most this many times its plan's share of what is left.
 WAVE_SLACK = 2.0
-# A row's flexibility: how far its cost can move (its dearest model's predicted cost less its cheapest).
-FLEX = "_wave_flex"
 # Waves after the last share, for rows the hard budget refused (routed again with what is left).
 REFUSED_WAVES = 2
 
@@ -165,31 +163,25 @@ def _over(fn, ds, **kwargs):
 
 def rows_left(batch: pa.Table, done: pa.Array, factors: np.ndarray) -> pa.Table:
     """The scored rows not yet written, their predicted costs scaled per model (the walk each row's
-    hull took under the old costs goes: the next solve walks the new ones), and each row's `FLEX`."""
+    hull took under the old costs goes: the next solve walks the new ones)."""
     batch = batch.filter(pc.invert(pc.is_in(batch[S.ID].cast(pa.string()), value_set=done)))
     if S.HULL in batch.column_names:
         batch = batch.drop_columns([S.HULL])
     cost = matrix_from_column(batch[S.COST]).astype(np.float64) * factors
     column = pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(cost, np.float32).ravel()), factors.size)
-    batch = batch.set_column(batch.schema.get_field_index(S.COST), S.COST, column)
-    finite = np.isfinite(cost)
-    with np.errstate(invalid="ignore"):
-        flex = np.where(finite.any(axis=1), np.nanmax(np.where(finite, cost, np.nan), axis=1, initial=-np.inf)
-                        - np.nanmin(np.where(finite, cost, np.nan), axis=1, initial=np.inf), 0.0)  # fmt: skip
-    return batch.append_column(FLEX, pa.array(np.nan_to_num(flex), pa.float64()))
+    return batch.set_column(batch.schema.get_field_index(S.COST), S.COST, column)
 
 
 def wave_share(batch: pa.Table, share: dict[str, float], seed: int) -> pa.Table:
     """The wave's rows, and every row no engine will see (their status is written as it is), but
     the rows the plan left over budget: they are routed again in the next wave.
 
-    The first wave (no `FLEX` column) draws each routed row with its model's probability
-    `share[model]`, seeded by the batch's first id (a rerun draws alike), so that every model's
-    cost correction learns from rows like the rest. Later waves take the batch's share of rows with
-    the least `FLEX` first: the rows whose cost can move most stay for the last waves, where they
-    absorb what the earlier ones spent above or below their plan."""
+    Each routed row is drawn with its model's probability `share[model]`, seeded by the wave and the
+    batch's first id (a rerun draws alike): a random draw, so that every model's cost correction
+    learns from rows like the ones still to come. (Rows chosen by any property of theirs, the
+    cheapest first, say, would teach a correction that is wrong for the rest.)"""
     if not batch.num_rows:
-        return batch.drop_columns([c for c in (FLEX,) if c in batch.column_names])
+        return batch
     first = str(batch[S.ID][0].as_py()).encode()
     u = np.random.default_rng([seed, zlib.crc32(first)]).random(batch.num_rows)
     models = batch[S.MODEL].to_pylist()
@@ -198,17 +190,7 @@ def wave_share(batch: pa.Table, share: dict[str, float], seed: int) -> pa.Table:
     # Rows this plan leaves out for the budget wait for the next one (what the answers actually cost
     # may leave the money for them); the other rows no engine will see are written now.
     waiting = pc.fill_null(pc.equal(batch[S.STATUS], S.OVER_BUDGET), False).to_numpy(zero_copy_only=False)
-    now = ~ok & ~waiting
-    if FLEX in batch.column_names:
-        flex = batch[FLEX].to_numpy()
-        take = np.zeros(batch.num_rows, bool)
-        routed = np.flatnonzero(ok)
-        if routed.size:
-            order = routed[np.lexsort((u[routed], flex[routed]))]  # least flexible first; ties at random
-            take[order[: int(round(float(p[routed].mean()) * routed.size))]] = True
-        batch = batch.drop_columns([FLEX])
-        return batch.filter(pa.array(take | now))
-    return batch.filter(pa.array(((u < p) & ok) | now))
+    return batch.filter(pa.array(((u < p) & ok) | (~ok & ~waiting)))
 
 
 def first_shares(by_model, share: float) -> dict[str, float]:
@@ -273,7 +255,7 @@ def answer_in_waves(cfg: JobConfig, scored, assigned, result: RunResult, started
             left = budget
         final = share >= 1.0
         if final:
-            chosen = rows if FLEX not in (rows.columns() or ()) else rows.drop_columns([FLEX]).materialize()
+            chosen = rows
         else:
             # The share of what is left that brings the job to `share` of its rows.
             p = (share - done_share) / (1.0 - done_share)

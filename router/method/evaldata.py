@@ -250,7 +250,7 @@ def prompt_tokens(queries: Sequence[str]) -> np.ndarray:
     from router.cost import estimate_input_tokens
 
     utf8 = np.fromiter((len(q.encode()) for q in queries), np.int64, len(queries))
-    return estimate_input_tokens(utf8, "expected").astype(np.float64)
+    return estimate_input_tokens(utf8).astype(np.float64)
 
 
 def task_from_file(path: Path) -> str:

@@ -42,7 +42,6 @@ class PoolArrays:
     max_context: np.ndarray
     max_tokens: np.ndarray
     expected_output: np.ndarray  # planning answer length when the profile has none
-    mode: str
     # Per model, prompt tokens per UTF-8 byte and the chat template's tokens, as its family's
     # tokenizer counted a sample of the job's prompts (`router.backends.tokens`); NaN: no tokenizer
     # at hand, the UTF-8 estimate instead. Both budget modes plan on these expected counts: `hard`
@@ -66,14 +65,14 @@ class PoolArrays:
                  for m in ms],
                 np.float64,
             ),
-            mode=cfg.budget.mode,
             prompt_per_byte=np.array([np.nan if f is None else f.per_byte for f in fits], np.float64),
             prompt_template=np.array([np.nan if f is None else f.template for f in fits], np.float64),
         )
 
     def prompt_tokens(self, utf8_bytes: np.ndarray) -> np.ndarray:
-        """Planned prompt tokens: [N] (the same for every model: no calibration at all) or [N, M] (each model's calibration, the UTF-8 estimate where none)."""
-        estimate = estimate_input_tokens(utf8_bytes, "expected")
+        """Planned prompt tokens: [N] (the same for every model: no calibration at all) or [N, M]
+        (each model's calibration, the UTF-8 estimate where none)."""
+        estimate = estimate_input_tokens(utf8_bytes)
         if self.prompt_per_byte is None or np.isnan(self.prompt_per_byte).all():
             return estimate
         counted = np.ceil(np.multiply.outer(utf8_bytes.astype(np.float64), self.prompt_per_byte)) + self.prompt_template
