@@ -253,26 +253,25 @@ def _fail(msg: str) -> int:
 
 
 def _plan(args) -> int:
+    from router.api import Router
     from router.config import load_config
-    from router.job.plan import plan_job
     from router.job.result import report_dict
-    from router.report import format_summary
 
     cfg = load_config(args.config, args.overrides)
     if args.out:  # checked before any work, as `run` checks its output
         from router.job.output import check_new_folder
 
         check_new_folder(args.out, cfg.input)
-    result, assigned = plan_job(cfg)
-    print(format_summary(cfg, result))
+    r = Router(cfg)
+    routed = r.plan()
+    result = r.result
+    print(r.summary())
     if args.out:
         from router import schema as S
-        from router.job.output import create_folder
+        from router.job.output import PLAN_COLUMNS, create_folder
 
         create_folder(args.out)
-        assigned.select_columns(
-            [S.ID, S.MODEL, S.STATUS, S.ERROR, S.PREDICTED_QUALITY, S.PREDICTED_COST, S.CAPABILITIES, S.DOMAINS]
-        ).write_parquet(args.out)
+        routed.select_columns([S.ID, *PLAN_COLUMNS]).write_parquet(args.out)
         print(f"routed rows written to {args.out} ({result.n_rows} rows, parquet)")
     if args.json:
         with open(args.json, "w") as f:
@@ -281,16 +280,13 @@ def _plan(args) -> int:
 
 
 def _run(args) -> int:
+    from router.api import Router
     from router.config import load_config
-    from router.job.cluster import log
-    from router.job.run import run_job
-    from router.report import format_summary, write_report_folder
 
     cfg = load_config(args.config, args.overrides)
-    result = run_job(cfg)
-    folder, files = write_report_folder(cfg.output, scan=result.scan)
-    log(f"report: {folder}/ ({', '.join(files)})")
-    print(format_summary(cfg, result))
+    r = Router(cfg)
+    r.run()
+    print(r.summary())
     print(f"answers: {cfg.output} (parquet, one row per input row; report: {cfg.output.rstrip('/')}/_report.json)")
     return 0
 

@@ -251,6 +251,19 @@ def finalize(batch: pa.Table, text_column: str, keep_refused: bool = True) -> pa
     return batch.select(ordered + list(S.OUTPUT_COLUMNS))
 
 
+PLAN_COLUMNS = (S.MODEL, S.STATUS, S.ERROR, S.PREDICTED_QUALITY, S.PREDICTED_COST, S.CAPABILITIES, S.DOMAINS)
+
+
+def routed_columns(batch: pa.Table, text_column: str) -> pa.Table:
+    """A routed row as `router.Router.plan` gives it: `id`, the text column, the input's other
+    columns, then the plan's (PLAN_COLUMNS); the scoring's own columns are dropped."""
+    batch = batch.rename_columns([text_column if c == S.PROMPT else c for c in batch.column_names])
+    first = [S.ID, text_column]
+    internal = {*S.INTERNAL_COLUMNS, *S.OUTPUT_COLUMNS}
+    ordered = first + [c for c in batch.column_names if c not in first and c not in internal]
+    return batch.select(ordered + [c for c in PLAN_COLUMNS if c in batch.column_names])
+
+
 # After raising a fence, the driver waits this long for shards that passed it to land.
 FENCE_GRACE_S = 5.0
 

@@ -24,7 +24,7 @@ from router.job.engines import schedule_pools, standin_weights, with_deadline
 from router.job.frontier import sampled_frontier
 from router.job.result import Phase, RunResult
 from router.job.tally import ModelTally, tally
-from router.job.validate import validate_job
+from router.job.validate import check_group_column, validate_job
 from router.method.profiles import load_profiles
 from router.stages.read import plan_read, read_unit, units_as_items
 from router.stages.route import RoutePlan
@@ -35,16 +35,27 @@ from router.stages.route import RoutePlan
 CALIBRATION_PROMPTS = 2000
 
 
-def calibrate_prompts(cfg: JobConfig, units: list) -> dict[str, PromptCalibration | None]:
-    """Per pool model, its family's prompt tokens fitted on a sample of the job's prompts, counted by
-    the tokenizer of the weights its engine loads (None: no tokenizer at hand)."""
+def prompt_sample(cfg: JobConfig, source=None) -> list[str]:
+    """The job's first CALIBRATION_PROMPTS answerable prompts: of the input's files, or of `source`
+    (a validated Dataset, `router.stages.read.read_dataset`)."""
+    if source is not None:
+        from ray.data.expressions import col
+
+        batch = source.filter(expr=col(S.STATUS) == S.OK).limit(CALIBRATION_PROMPTS).select_columns([S.PROMPT])
+        return [r[S.PROMPT] for r in batch.take_all()]
     sample: list[str] = []
-    for unit in units:
+    for unit in plan_read(cfg.input, cfg.text_column, cfg.id_column)[0]:
         t = read_unit(unit, cfg.text_column, cfg.id_column)
         ok = pc.equal(t[S.STATUS], S.OK)
         sample += t[S.PROMPT].filter(ok).to_pylist()[: CALIBRATION_PROMPTS - len(sample)]
         if len(sample) >= CALIBRATION_PROMPTS:
             break
+    return sample
+
+
+def calibrate_prompts(cfg: JobConfig, sample: list[str]) -> dict[str, PromptCalibration | None]:
+    """Per pool model, its family's prompt tokens fitted on a sample of the job's prompts, counted by
+    the tokenizer of the weights its engine loads (None: no tokenizer at hand)."""
     weights_of = standin_weights(cfg)[0]
     fits: dict[str, PromptCalibration | None] = {}
     out = {}
@@ -67,27 +78,48 @@ def prompt_token_sources(cfg: JobConfig, fits: dict[str, PromptCalibration | Non
 
 
 def scored_dataset(cfg: JobConfig, summary_sink: SummarySink | None = None, skip_ids: pa.Array | None = None,
-                   prompts: dict[str, PromptCalibration | None] | None = None):
+                   prompts: dict[str, PromptCalibration | None] | None = None, source=None):
     """read -> validate -> encode -> score & cost, materialised once (the text is never re-encoded).
     With a `summary_sink`, the Scorer sends it the budget summary of every batch; rows whose id is
     in `skip_ids` (written by an earlier run of the job) are left out as they are read. `prompts`:
-    each model's prompt-token calibration (`calibrate_prompts`)."""
+    each model's prompt-token calibration (`calibrate_prompts`). `source`: the validated rows of a
+    Dataset input (`router.stages.read.read_dataset`) instead of the input's files."""
     import ray
 
-    units, _ = plan_read(cfg.input, cfg.text_column, cfg.id_column)
     # Embed what the profiles were built from: the same part of a long prompt.
     window = load_profiles(cfg.profiles).meta.get("window", "head")
     on_gpu = wants_gpus(cfg.encoder.device)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     encode = build.encode(cfg, window, on_gpu)
     tokenize = build.tokenize(cfg, window, cpus) if build.tokenizes_apart(cfg, on_gpu) else None
-    ds = ray.data.from_items(units_as_items(units), override_num_blocks=len(units))
-    ds = build.read(cfg, skip_ids, fused_with=tokenize or encode).apply(ds)
+    if source is not None:
+        ds = source if skip_ids is None or not len(skip_ids) else source.map_batches(
+            _without, fn_kwargs=dict(ids=skip_ids), batch_format="pyarrow", num_cpus=0.25)  # fmt: skip
+    else:
+        units, _ = plan_read(cfg.input, cfg.text_column, cfg.id_column)
+        ds = ray.data.from_items(units_as_items(units), override_num_blocks=len(units))
+        ds = build.read(cfg, skip_ids, fused_with=tokenize or encode).apply(ds)
     if tokenize is not None:
         ds = tokenize.apply(ds)
     ds = encode.apply(ds)
     ds = build.score(cfg, cpus, summary_sink, prompts).apply(ds)
     return ds.materialize()
+
+
+def dataset_input(cfg: JobConfig, source):
+    """A Dataset input's validated rows (None: the job reads its files), with the group column checked."""
+    if source is None:
+        return None
+    from router.stages.read import read_dataset
+
+    rows, columns = read_dataset(source, cfg.text_column, cfg.id_column)
+    check_group_column(cfg, columns)
+    return rows
+
+
+def _without(batch: pa.Table, ids: pa.Array) -> pa.Table:
+    """The rows whose id is not in `ids` (written by an earlier run of the job)."""
+    return batch.filter(pc.invert(pc.is_in(batch[S.ID], value_set=ids)))
 
 
 def assign_rows(cfg: JobConfig, scored, plan: RoutePlan, allow_skip: bool):
@@ -132,15 +164,15 @@ def answer_lengths(cfg: JobConfig) -> dict[str, str]:
     }
 
 
-def encode_and_route(cfg: JobConfig, result: RunResult, skip_ids: pa.Array | None = None):
+def encode_and_route(cfg: JobConfig, result: RunResult, skip_ids: pa.Array | None = None, source=None):
     """Encode, score and solve the budget; returns the assigned and the scored datasets
     (materialised: the waves re-solve on the scored one) and records the plan, the frontier, the
-    phases and what each model got in `result`."""
+    phases and what each model got in `result`. `source`: a Dataset input's validated rows."""
     t0 = time.perf_counter()
-    fits = calibrate_prompts(cfg, plan_read(cfg.input, cfg.text_column, cfg.id_column)[0])
+    fits = calibrate_prompts(cfg, prompt_sample(cfg, source))
     result.prompt_tokens = prompt_token_sources(cfg, fits)
     sink = summary_sink()
-    scored = scored_dataset(cfg, sink, skip_ids, fits)
+    scored = scored_dataset(cfg, sink, skip_ids, fits, source)
     n = scored.count()
     result.n_rows = n
     result.answer_lengths = answer_lengths(cfg)
@@ -172,12 +204,14 @@ def encode_and_route(cfg: JobConfig, result: RunResult, skip_ids: pa.Array | Non
     return assigned, scored
 
 
-def plan_job(cfg: JobConfig) -> tuple[RunResult, object]:
-    """Route only: the assignment and predicted spend. Returns the result and the assigned dataset."""
-    validate_job(cfg)
+def plan_job(cfg: JobConfig, source=None) -> tuple[RunResult, object]:
+    """Route only: the assignment and predicted spend. Returns the result and the assigned dataset.
+    `source`: a Ray Dataset to route instead of the input's files (`router.Router.plan`)."""
+    validate_job(cfg, source is not None)
     init_ray(cfg)
     cfg = with_deadline(cfg)
+    source = dataset_input(cfg, source)
     result = RunResult(output=None, n_rows=0, plan=None, budget=cfg.budget.total, allow_skip=False)
-    assigned, _ = encode_and_route(cfg, result)
+    assigned, _ = encode_and_route(cfg, result, source=source)
     _, result.schedule = schedule_pools(cfg, result.by_model, build=False)
     return result, assigned

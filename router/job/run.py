@@ -19,7 +19,7 @@ from router.job.cluster import init_ray, log
 from router.job.engines import with_deadline
 from router.job.ledger import start_ledger
 from router.job.output import Prior, clear_tmp, committed_files, open_output
-from router.job.plan import encode_and_route
+from router.job.plan import dataset_input, encode_and_route
 from router.job.prestart import start_engines
 from router.job.result import RunResult, write_report
 from router.job.tally import scan_output
@@ -27,19 +27,21 @@ from router.job.validate import validate_job
 from router.job.waves import answer_in_waves
 
 
-def run_job(cfg: JobConfig) -> RunResult:
-    """Route and generate; writes the output folder and its `_report.json`."""
-    validate_job(cfg)
+def run_job(cfg: JobConfig, source=None) -> RunResult:
+    """Route and generate; writes the output folder and its `_report.json`. `source`: a Ray Dataset
+    to answer instead of the input's files (`router.Router.run`)."""
+    validate_job(cfg, source is not None)
     prior = open_output(cfg)
     init_ray(cfg)
     cfg = with_deadline(cfg)
+    source = dataset_input(cfg, source)
     result = RunResult(output=cfg.output, n_rows=0, plan=None, budget=cfg.budget.total, allow_skip=False,
                        standin=cfg.generation.standin, resumed=prior)  # fmt: skip
     todo = cfg if prior is None else with_budget_left(cfg, prior)
     ledger = start_ledger(todo.budget.total) if cfg.budget.mode == "hard" else None
     started = start_engines(todo, ledger)
     try:
-        assigned, scored = encode_and_route(todo, result, None if prior is None else prior.ids)
+        assigned, scored = encode_and_route(todo, result, None if prior is None else prior.ids, source)
         result.waves = answer_in_waves(todo, scored, assigned, result, started, ledger)
     finally:
         if started is not None:

@@ -30,14 +30,20 @@ def check_profiles(cfg: JobConfig) -> Profiles:
     return profiles
 
 
-def validate_job(cfg: JobConfig) -> Profiles:
-    """Everything that can be checked before Ray starts: files, columns, profiles."""
+def validate_job(cfg: JobConfig, dataset: bool = False) -> Profiles:
+    """Everything that can be checked before Ray starts: files, columns, profiles. `dataset`: the
+    input is a Ray Dataset (`router.Router`), whose columns are checked as it is read."""
     profiles = check_profiles(cfg)
-    _, columns = plan_read(cfg.input, cfg.text_column, cfg.id_column)
+    if not dataset:
+        check_group_column(cfg, plan_read(cfg.input, cfg.text_column, cfg.id_column)[1])
+    return profiles
+
+
+def check_group_column(cfg: JobConfig, columns: list[str]) -> None:
+    """`budget.group_column`, if set, is a column of the input."""
     group = cfg.budget.group_column
     if group is not None and group not in (*columns, cfg.text_column, cfg.id_column):
         raise ConfigError(
             f"budget.group_column {group!r} is not a column of the input (columns: {', '.join(columns)}); "
             "name one of them, or leave it unset to route every row on its own"
         )
-    return profiles

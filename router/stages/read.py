@@ -386,3 +386,49 @@ def read_units(units: pa.Table, text_column: str, id_column: str, skip_ids: pa.A
 
 def units_as_items(units: list[ReadUnit]) -> list[dict]:
     return [asdict(u) for u in units]
+
+
+# ---- a Ray Dataset as the input (`router.Router`) ----
+
+DATASET_NAME = "dataset"
+"""The name a Dataset input's rows are known by in errors and in made ids (`dataset:<row>`)."""
+
+
+def validate_block(table: pa.Table, first_row: int, text_column: str, id_column: str) -> pa.Table:
+    """One block of a Dataset input, validated as a file's rows are (`validate`): rows without an id
+    get `dataset:<row>`, counting rows over the whole Dataset from 0."""
+    unit = ReadUnit(path="", name=DATASET_NAME, fmt="dataset", row_group=-1, first_row=first_row)
+    return validate(F.Parsed(table), unit, text_column, id_column)
+
+
+def _block_rows(table: pa.Table) -> int:
+    return table.num_rows
+
+
+def _block_ids(table: pa.Table) -> pa.Array:
+    return table[S.ID].combine_chunks()
+
+
+def read_dataset(ds, text_column: str, id_column: str) -> tuple[object, list[str]]:
+    """A user's Ray Dataset as the job's validated rows (a Dataset of one Arrow block per input
+    block), and its pass-through columns. The Dataset is executed once here: each block is
+    validated in a task that knows where its rows start, so that made ids are stable for the same
+    Dataset in the same block order. What would stop the job later (no text column, a column the
+    router writes, repeated ids, no rows) raises `ConfigError` here."""
+    import ray
+
+    _check_column_settings(text_column, id_column)
+    names = list(ds.schema().names) if ds.schema() is not None else []
+    unit = ReadUnit(path="", name=DATASET_NAME, fmt="dataset", row_group=-1, first_row=0)
+    _check_columns(names, unit, text_column, id_column)
+    refs = ds.to_arrow_refs()
+    counts = ray.get([ray.remote(num_cpus=0.25)(_block_rows).remote(r) for r in refs])
+    if not sum(counts):
+        raise ConfigError("the Dataset holds no rows; give it at least one prompt")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int).tolist()
+    validate_remote = ray.remote(num_cpus=0.25)(validate_block)
+    blocks = [validate_remote.remote(r, s, text_column, id_column) for r, s in zip(refs, starts)]
+    ids = ray.get([ray.remote(num_cpus=0.25)(_block_ids).remote(b) for b in blocks])
+    _refuse_duplicate_ids([(dataclasses.replace(unit, first_row=s), i) for s, i in zip(starts, ids)])
+    columns = [n for n in names if n not in (text_column, id_column)]
+    return ray.data.from_arrow_refs(blocks), columns
