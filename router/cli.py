@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="add one model to an existing profile file, leaving the others untouched",
         description="Profile one more model on the existing taxonomy (clusters, capabilities, tasks), "
         "either from its rows of evaluation tables (--eval-table) or by answering an index set with "
-        "gold answers with the project's own vLLM stage and grading the answers (--queries, --weights).",
+        "gold answers with the project's own vLLM stage and grading the answers (--weights: the packaged "
+        "index set of about 1,000 queries, or --queries FILE). Its answer lengths are profiled too.",
     )
     add.add_argument("--profiles", required=True, help="the profile file (or packaged name) to extend")
     add.add_argument("--model", required=True, help="the model's name in the tables, or the new name")
@@ -100,14 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--tasks-from-files", action="store_true", help="each file holds one task named by the file")
     add.add_argument("--scores", choices=["auto", "raw", "binary"], default="auto",
                      help="how scores are read (see `router profile --help`)")  # fmt: skip
-    add.add_argument("--queries", help="index set with gold answers (jsonl: query, ground_truth, metric, task_name)")
-    add.add_argument("--weights", help="with --queries: what vLLM loads (Hugging Face id or path)")
-    add.add_argument("--max-tokens", type=int, default=256, help="with --queries: answer length (256)")
-    add.add_argument("--max-model-len", type=int, help="with --queries: the engine's context length")
-    add.add_argument("--dtype", default="auto", help="with --queries: vLLM dtype (float32 on CPU)")
+    add.add_argument("--weights", help="profile the model by answering an index set with it and grading the "
+                     "answers: what the engine loads (Hugging Face id or path)")  # fmt: skip
+    add.add_argument("--queries", help="with --weights: the index set (jsonl: query, ground_truth, metric, "
+                     "task_name); default: the packaged one, about 1,000 queries over 12 tasks")  # fmt: skip
+    add.add_argument("--max-tokens", type=int, default=256, help="with --weights: answer length (256)")
+    add.add_argument("--max-model-len", type=int, help="with --weights: the engine's context length")
+    add.add_argument("--dtype", default="auto", help="with --weights: vLLM dtype (float32 on CPU)")
     add.add_argument("--backend", default="vllm", choices=("vllm", "transformers"),
-                     help="with --queries: the generation stage that answers (transformers: tiny models on CPU)")
-    add.add_argument("--limit", type=int, help="with --queries: use only the first N queries")
+                     help="with --weights: the generation stage that answers (transformers: tiny models on CPU)")
+    add.add_argument("--limit", type=int, help="with --weights: answer only N of the queries, spread evenly over the file")
     add.add_argument("--out", required=True, help="profile file to write")
     show = prof_sub.add_parser(
         "show",
@@ -389,20 +392,33 @@ def _add_model(args) -> int:
         table = read_eval_table(args.eval_table, args.format, tasks_from_files=args.tasks_from_files,
                                 score_reading=args.scores, prices=_prices(args.prices))  # fmt: skip
         model = args.model
-    elif args.queries and args.weights:
-        from router.method.indexset import answer_and_grade
+    elif args.weights:
+        import time
 
-        if _first_missing([args.queries]):
-            return _fail(f"queries file {args.queries!r} not found")
-        table, skipped = answer_and_grade(
-            args.queries, args.model, args.weights, max_tokens=args.max_tokens, max_model_len=args.max_model_len,
+        import numpy as np
+
+        from router.method.indexset import INDEX_SET, answer_and_grade
+
+        queries = args.queries or str(INDEX_SET)
+        if _first_missing([queries]):
+            return _fail(f"queries file {queries!r} not found")
+        t0 = time.perf_counter()
+        table, n = answer_and_grade(
+            queries, args.model, args.weights, max_tokens=args.max_tokens, max_model_len=args.max_model_len,
             dtype=args.dtype, limit=args.limit, backend=args.backend,
         )  # fmt: skip
-        print(f"graded {len(table.queries)} answers of {args.model} (mean score {float(table.scores.mean()):.3f}); "
-              f"skipped {skipped} rows whose metric cannot be graded here (code)")  # fmt: skip
+        if not n["graded"]:
+            return _fail(f"none of the {n['queries']} queries could be graded ({n['answered']} answered): nothing "
+                         "to profile the model on")  # fmt: skip
+        print(f"{args.model}: {n['queries']} queries ({'the packaged index set' if not args.queries else queries}), "
+              f"{n['answered']} answered, {n['graded']} graded (mean score {float(table.scores.mean()):.3f}), "
+              f"{n['skipped']} skipped (a metric not graded here: code; or no answer), in "
+              f"{time.perf_counter() - t0:.0f}s; {float(np.mean(table.input_tokens)):.0f} prompt and "
+              f"{float(np.mean(table.output_tokens)):.0f} answer tokens per query")  # fmt: skip
         model = args.model
     else:
-        return _fail("add-model needs --eval-table PATH [PATH ...], or --queries FILE with --weights MODEL")
+        return _fail("add-model needs --weights MODEL (answers the packaged index set, or --queries FILE), "
+                     "or --eval-table PATH [PATH ...]")
     emb = encode_cached("minilm" if profiles.encoder.endswith("all-MiniLM-L6-v2") else profiles.encoder,
                         table.queries, window=window)  # fmt: skip
     try:
