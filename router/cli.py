@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--budget-fraction", type=float, help="also route at F x the best single model's test cost")
     ev.add_argument("--json", help="write the full result as JSON here")
     ev.add_argument("--plot", help="write the accuracy-cost picture here (PNG)")
+    ev.add_argument("--reliability", metavar="FILE.png",
+                    help="write the reliability diagram here: predicted quality against realised score, for the "
+                    "router and the strong simple baselines")  # fmt: skip
     return parser
 
 
@@ -180,6 +183,12 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beta", type=float, default=d.beta, help=f"cost penalty in the profile scores (default {d.beta})")
     p.add_argument("--top", type=int, default=d.r_know, help=f"list length r (default {d.r_know})")
     p.add_argument("--seed", type=int, default=d.seed, help="clustering seed")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="keep the profile's raw scores (default: one isotonic map onto the scores the models "
+                   "reach, fitted out of fold; it keeps each row's order of models)")  # fmt: skip
+    p.add_argument("--stack", action="store_true",
+                   help="stack the profile's score with a ridge head on embedding and task, per model, before "
+                   "calibrating (better calibrated; see bench/README.md for what it does to accuracy)")  # fmt: skip
     p.add_argument("--annotator", choices=["embedding", "llm", "distilled"], default=d.annotator,
                    help="who ranks each query's capabilities and domains: embedding (default: clusters and "
                    "prototypes), llm (an auxiliary model per query, the paper's way) or distilled (the llm "
@@ -201,7 +210,8 @@ def _settings(args):
     return ProfileSettings(n_clusters=args.clusters, alpha=args.alpha, beta=args.beta, r_know=args.top,
                            r_cap=args.top, window=args.window, use_tasks=not args.no_tasks, seed=args.seed,
                            annotator=args.annotator, distill_sample=args.distill_sample,
-                           length_kappa=args.length_kappa)  # fmt: skip
+                           length_kappa=args.length_kappa, calibrate=not args.no_calibrate,
+                           stack=args.stack)  # fmt: skip
 
 
 def _annotator_error(args) -> str | None:
@@ -433,7 +443,7 @@ def _add_model(args) -> int:
 
 
 def _eval(args) -> int:
-    from router.method.evaluate import evaluate, format_eval, plot_eval
+    from router.method.evaluate import evaluate, format_eval, plot_eval, plot_reliability
 
     if bool(args.test) == (args.folds is not None):
         return _fail("router eval needs one of --test PATH [PATH ...] and --folds K (cross-validation over --train)")
@@ -456,6 +466,9 @@ def _eval(args) -> int:
             json.dump(r, f, indent=1)
     if args.plot:
         plot_eval(r, args.plot)
+    if args.reliability:
+        plot_reliability(r, args.reliability)
+        print(f"reliability diagram: {args.reliability}")
     return 0
 
 

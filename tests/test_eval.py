@@ -33,6 +33,11 @@ def run_eval(tmp_path, name, *args):
     result = json.loads(out.read_text())
     assert KEYS <= set(result) and result["frontier"], sorted(result)
     assert "knn" in result["baselines"] and "cheapest" in result["baselines"]
+    # The router against the strong simple baselines, at the same budgets, with AIQ and calibration.
+    c = result["comparison"]
+    assert set(c) == {"router", "task_mean", "knn_task", "ridge"}
+    assert all(0 <= d["aiq"] <= 1 and 0 <= d["calibration"]["ece"] <= 1 and len(d["at"]) == 5 for d in c.values())
+    assert "against strong simple baselines" in r.stdout
     return result, r.stdout
 
 

@@ -22,6 +22,14 @@ from router.method.evaldata import EvalTable, prompt_tokens, read_eval_table
 from router.method.fitting import ProfileSettings, fit_profiles
 
 KNN_K = 10
+# The strong simple baselines' settings, each chosen on a held-out part of the training rows.
+STRONG_K = (10, 25, 50, 100, 200)
+STRONG_BLEND = (0.0, 0.25, 0.5, 0.75, 1.0)  # weight of the neighbours' mean against the task mean
+RIDGE_ALPHA = (0.1, 1.0, 10.0, 100.0)
+TUNE_SHARE = 0.2  # of the training rows held out to choose those settings
+# Budgets at which every predictor is compared, as fractions of the best single model's cost.
+COMPARE_FRACTIONS = (0.2, 0.4, 0.6, 0.8, 1.0)
+CALIBRATION_BINS = 10
 
 
 @dataclass(frozen=True)
@@ -160,12 +168,143 @@ def _random_at_budget(costs: Costs, scores: np.ndarray, budget: float, draws: in
     return {"accuracy": float(np.mean(acc)), "cost": float(np.mean(spent)), "p_cheapest": p}
 
 
+def _task_means(scores: np.ndarray, tasks: Sequence[str] | None, test_tasks: Sequence[str] | None,
+                n: int) -> np.ndarray:  # fmt: skip
+    """Per test row (`n` of them), each model's mean score over the training rows of its task (its
+    mean over all training rows where the task is unknown or unseen)."""
+    overall = np.nanmean(scores, axis=0)
+    if tasks is None or test_tasks is None:
+        return np.broadcast_to(overall, (n, scores.shape[1])).copy()
+    out = np.tile(overall, (n, 1))
+    tasks, test_tasks = np.asarray(tasks, dtype=object), np.asarray(test_tasks, dtype=object)
+    for t in np.unique(tasks):
+        rows = test_tasks == t
+        if rows.any():
+            with np.errstate(all="ignore"):
+                mean = np.nanmean(scores[tasks == t], axis=0)
+            out[rows] = np.where(np.isnan(mean), overall, mean)
+    return out
+
+
+def _neighbour_means(train_emb, scores, test_emb, ks: Sequence[int]) -> dict[int, np.ndarray]:
+    """For each k, per test row each model's mean score over its k most similar training rows."""
+    filled = np.where(np.isnan(scores), np.nanmean(scores, axis=0), scores)
+    kmax = min(max(ks), len(train_emb))
+    out = {k: np.empty((len(test_emb), scores.shape[1]), np.float32) for k in ks}
+    for lo in range(0, len(test_emb), 2048):
+        sims = test_emb[lo : lo + 2048] @ train_emb.T
+        nn = np.argpartition(-sims, kmax - 1, axis=1)[:, :kmax] if kmax < sims.shape[1] else np.tile(
+            np.arange(sims.shape[1]), (len(sims), 1))  # fmt: skip
+        order = np.take_along_axis(sims, nn, axis=1).argsort(axis=1)[:, ::-1]
+        nn = np.take_along_axis(nn, order, axis=1)
+        running = np.cumsum(filled[nn], axis=1)  # [n, kmax, M]
+        for k in ks:
+            out[k][lo : lo + 2048] = running[:, min(k, kmax) - 1] / min(k, kmax)
+    return out
+
+
+def _ridge_fit(x: np.ndarray, y: np.ndarray, alpha: float) -> np.ndarray:
+    """Per model (column of y; NaN: unknown), ridge weights on x (its last column the bias, not
+    shrunk)."""
+    w = np.zeros((x.shape[1], y.shape[1]))
+    shrink = alpha * np.eye(x.shape[1])
+    shrink[-1, -1] = 0.0
+    for j in range(y.shape[1]):
+        k = np.isfinite(y[:, j])
+        if k.any():
+            xk = x[k]
+            w[:, j] = np.linalg.solve(xk.T @ xk + shrink, xk.T @ y[k, j])
+    return w
+
+
+def _ridge_features(emb: np.ndarray, tasks: Sequence[str] | None, known: Sequence[str]) -> np.ndarray:
+    """The embedding, a one-hot of the task (among the training tasks `known`) and a bias."""
+    onehot = np.zeros((len(emb), len(known)))
+    if tasks is not None and known:
+        index = {t: i for i, t in enumerate(known)}
+        for r, t in enumerate(tasks):
+            if t in index:
+                onehot[r, index[t]] = 1.0
+    return np.hstack([emb.astype(np.float64), onehot, np.ones((len(emb), 1))])
+
+
+def _mse(pred: np.ndarray, y: np.ndarray) -> float:
+    k = np.isfinite(y)
+    return float(((pred[k] - y[k]) ** 2).mean())
+
+
+def strong_baselines(tr_emb, tr_scores, tr_tasks, te_emb, te_tasks, seed: int = 0) -> dict[str, Any]:
+    """The strong simple baselines' predicted quality for the test rows [N, M], each with its
+    settings chosen on TUNE_SHARE of the training rows (fitted on the rest), then refitted on all:
+
+    - `task_mean`: each model's mean score on the row's task;
+    - `knn_task`: the mean score of the k most similar training rows, blended with the task mean
+      (k and the blend chosen);
+    - `ridge`: a ridge regression per model on the embedding and the task (alpha chosen)."""
+    n = len(tr_emb)
+    rng = np.random.default_rng(seed)
+    hold = rng.random(n) < TUNE_SHARE
+    fit, val = np.flatnonzero(~hold), np.flatnonzero(hold)
+    task = lambda rows: None if tr_tasks is None else [tr_tasks[i] for i in rows]  # noqa: E731
+    known = sorted(set(tr_tasks)) if tr_tasks is not None else []
+    y_val = tr_scores[val]
+    # kNN blended with the task mean
+    tm_val = _task_means(tr_scores[fit], task(fit), task(val), len(val))
+    nb_val = _neighbour_means(tr_emb[fit], tr_scores[fit], tr_emb[val], STRONG_K)
+    k, w = min(((k, w) for k in STRONG_K for w in STRONG_BLEND),
+               key=lambda kw: _mse(kw[1] * nb_val[kw[0]] + (1 - kw[1]) * tm_val, y_val))  # fmt: skip
+    # ridge on embedding + task
+    x_fit, x_val = _ridge_features(tr_emb[fit], task(fit), known), _ridge_features(tr_emb[val], task(val), known)
+    alpha = min(RIDGE_ALPHA, key=lambda a: _mse(x_val @ _ridge_fit(x_fit, tr_scores[fit], a), y_val))
+    task_mean = _task_means(tr_scores, tr_tasks, te_tasks, len(te_emb))
+    knn = _neighbour_means(tr_emb, tr_scores, te_emb, (k,))[k]
+    x_tr, x_te = _ridge_features(tr_emb, tr_tasks, known), _ridge_features(te_emb, te_tasks, known)
+    return {
+        "task_mean": task_mean,
+        "knn_task": w * knn + (1 - w) * task_mean,
+        "ridge": x_te @ _ridge_fit(x_tr, tr_scores, alpha),
+        "settings": {"knn_task": {"k": int(k), "blend": float(w)}, "ridge": {"alpha": float(alpha)}},
+    }
+
+
+def calibration(pred: np.ndarray, scores: np.ndarray, bins: int = CALIBRATION_BINS) -> dict[str, Any]:
+    """Predicted quality against realised score over every (row, model) with a score: per bin of
+    predicted quality (equal widths over [0, 1]) the mean prediction, the mean score and the count,
+    and the expected calibration error (the bins' |mean prediction - mean score|, weighted by count)."""
+    k = np.isfinite(scores) & np.isfinite(pred)
+    p, y = np.clip(pred[k], 0.0, 1.0), scores[k]
+    b = np.minimum((p * bins).astype(int), bins - 1)
+    count = np.bincount(b, minlength=bins)
+    mean_p = np.bincount(b, p, minlength=bins) / np.maximum(count, 1)
+    mean_y = np.bincount(b, y, minlength=bins) / np.maximum(count, 1)
+    ece = float((count * np.abs(mean_p - mean_y)).sum() / max(count.sum(), 1))
+    return {"ece": ece, "bins": [{"predicted": float(a), "realised": float(c), "count": int(n)}
+                                 for a, c, n in zip(mean_p, mean_y, count) if n]}  # fmt: skip
+
+
+def aiq(points: Sequence[dict[str, float]], lo: float, hi: float) -> float:
+    """RouterBench's average improvement in quality: the area under the best accuracy reached at each
+    cost (the frontier's non-decreasing envelope) from `lo` to `hi`, over `hi - lo`."""
+    if hi <= lo:
+        return float("nan")
+    pts = sorted((p["cost"], p["accuracy"]) for p in points)
+    grid = np.linspace(lo, hi, 513)
+    cost = np.array([c for c, _ in pts])
+    best = np.maximum.accumulate(np.array([a for _, a in pts]))
+    at = np.searchsorted(cost, grid, side="right") - 1
+    env = np.where(at >= 0, best[np.maximum(at, 0)], 0.0)
+    return float(np.trapezoid(env, grid) / (hi - lo))
+
+
 @dataclass(frozen=True)
 class Predictions:
     """What the router predicts for test rows from training rows it was not fitted on."""
 
     quality: np.ndarray  # [N, M]
     knn_quality: np.ndarray  # [N, M]
+    task_mean: np.ndarray  # [N, M]: the strong simple baselines (`strong_baselines`)
+    knn_task: np.ndarray  # [N, M]
+    ridge: np.ndarray  # [N, M]
     output_tokens: np.ndarray  # [N, M]: expected answer tokens (length profiles); NaN: no length data
     mean_output_tokens: np.ndarray  # [N, M]: each model's mean answer length on the training rows
     length_source: tuple[str, ...]  # per model, Profiles.length_source
@@ -193,9 +332,11 @@ def _fit_and_predict(
         lengths = train.output_tokens[:, cols].astype(np.float64)
         seen = np.isfinite(lengths)
         mean = np.where(seen.any(0), np.where(seen, lengths, 0).sum(0) / np.maximum(seen.sum(0), 1), np.nan)
+    strong = strong_baselines(tr_emb, full[:, cols], train.task, te_emb, test.task, settings.seed)
     return Predictions(
-        quality=profiles.score_annotated(ann),
+        quality=profiles.quality(te_emb, ann),
         knn_quality=_knn_quality(tr_emb, full[:, cols], te_emb),
+        task_mean=strong["task_mean"], knn_task=strong["knn_task"], ridge=strong["ridge"],
         output_tokens=profiles.expected_output_tokens(ann).astype(np.float64),
         mean_output_tokens=np.broadcast_to(mean, (len(test.queries), len(models))),
         length_source=profiles.length_source,
@@ -216,7 +357,8 @@ def _cross_fitted(table: EvalTable, emb: np.ndarray, models: Sequence[str], fold
         test, train = np.flatnonzero(fold == f), np.flatnonzero(fold != f)
         parts[f] = (test, _fit_and_predict(table.take(train), emb[train], table.take(test), emb[test], models, **fit))
     shape = (len(table.queries), len(models))
-    out = {k: np.empty(shape) for k in ("quality", "knn_quality", "output_tokens", "mean_output_tokens")}
+    out = {k: np.empty(shape) for k in ("quality", "knn_quality", "task_mean", "knn_task", "ridge", "output_tokens",
+                                        "mean_output_tokens")}  # fmt: skip
     for rows, p in parts.values():
         for k, a in out.items():
             a[rows] = getattr(p, k)
@@ -302,7 +444,8 @@ def evaluate(
     if not models:
         raise ValueError("the training and test tables share no model")
     tr_scores = train.scores[:, [train.models.index(m) for m in models]]
-    te_scores = np.nan_to_num(test.scores[:, [test.models.index(m) for m in models]])
+    te_scores_raw = test.scores[:, [test.models.index(m) for m in models]]
+    te_scores = np.nan_to_num(te_scores_raw)
 
     tr_emb = encode_cached(encoder, train.queries, window=settings.window)
     fit = dict(encoder=encoder, settings=settings, annotator=annotator)
@@ -364,6 +507,7 @@ def evaluate(
         "length_source": dict(zip(models, pred.length_source)),
         "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
     }  # fmt: skip
+    result["comparison"] = compare(pred, te_scores_raw, fractions, best_cost, lo=0.0, route=route)
     if costs.actual_known:
         result["cost_prediction"] = cost_prediction(costs, models)
         result["budget_use"] = _budget_use(sweep, best_cost)
@@ -382,6 +526,24 @@ def evaluate(
         result["baselines"]["random_at_budget"] = _random_at_budget(costs, te_scores, budget)
         result["baselines"]["knn_at_budget"] = route(pred.knn_quality, budget)[0]
     return result
+
+
+PREDICTORS = {"router": "quality", "task_mean": "task_mean", "knn_task": "knn_task", "ridge": "ridge"}
+
+
+def compare(pred: Predictions, scores: np.ndarray, fractions: np.ndarray, best_cost: float, *, lo: float,
+            route) -> dict[str, Any]:  # fmt: skip
+    """The router against the strong simple baselines, each routed by the same solver on the same
+    predicted costs: accuracy and cost at COMPARE_FRACTIONS of the best single model's cost, the
+    area under the quality-cost frontier (`aiq`, from no spend to the best single model's cost) and
+    the calibration of the predicted quality (`calibration`)."""
+    out = {}
+    for name, attr in PREDICTORS.items():
+        q = getattr(pred, attr)
+        sweep = [route(q, f * best_cost)[0] for f in fractions]
+        at = {f"{f:g}": route(q, f * best_cost)[0] for f in COMPARE_FRACTIONS}
+        out[name] = {"at": at, "aiq": aiq(sweep, lo, best_cost), "calibration": calibration(q, scores)}
+    return out
 
 
 def _budget_use(sweep: list[dict[str, Any]], best_cost: float) -> dict[str, Any]:
@@ -415,7 +577,52 @@ def format_eval(r: dict[str, Any]) -> str:
     frac = r["cost_fraction_to_match_best_single"]
     lines.append("  smallest cost fraction matching the best single model: "
                  + ("never (up to 1.5)" if frac is None else f"{frac:g}"))  # fmt: skip
-    return "\n".join(lines + _cost_lines(r))
+    return "\n".join(lines + _comparison_lines(r) + _cost_lines(r))
+
+
+def _comparison_lines(r: dict[str, Any]) -> list[str]:
+    """The router against the strong simple baselines: accuracy at budgets, AIQ, calibration error."""
+    c = r.get("comparison")
+    if not c:
+        return []
+    fr = list(next(iter(c.values()))["at"])
+    lines = ["against strong simple baselines (the same solver and predicted costs; accuracy at each fraction "
+             "of the best single model's cost, the area under the quality-cost frontier, calibration error):",
+             f"  {'predictor':10}" + "".join(f"{'x' + f:>9}" for f in fr) + f"{'AIQ':>9}{'ECE':>8}"]  # fmt: skip
+    for name, d in c.items():
+        lines.append(f"  {name:10}" + "".join(f"{d['at'][f]['accuracy']:9.4f}" for f in fr)
+                     + f"{d['aiq']:9.4f}{d['calibration']['ece']:8.3f}")  # fmt: skip
+    best = {f: max(d["at"][f]["accuracy"] for n, d in c.items() if n != "router") for f in fr}
+    lines.append("  router - best baseline: " + ", ".join(
+        f"x{f} {c['router']['at'][f]['accuracy'] - best[f]:+.4f}" for f in fr)
+        + f"; AIQ {c['router']['aiq'] - max(d['aiq'] for n, d in c.items() if n != 'router'):+.4f}")  # fmt: skip
+    return lines
+
+
+def plot_reliability(r: dict[str, Any], path: str) -> None:
+    """Reliability diagram: per bin of predicted quality, the mean realised score, for the router and
+    the strong baselines (on the diagonal: calibrated)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5.5), dpi=120)
+    ax.plot([0, 1], [0, 1], ":", color="0.5", label="calibrated")
+    for name, d in r["comparison"].items():
+        bins = d["calibration"]["bins"]
+        ax.plot([b["predicted"] for b in bins], [b["realised"] for b in bins], "o-", ms=3,
+                label=f"{name} (ECE {d['calibration']['ece']:.3f})")  # fmt: skip
+    ax.set_xlabel("predicted quality (bin mean)")
+    ax.set_ylabel("realised score (bin mean)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"Reliability on {r['n_test']} held-out rows x {len(r['models'])} models")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def _cost_lines(r: dict[str, Any]) -> list[str]:

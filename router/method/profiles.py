@@ -211,6 +211,15 @@ class Profiles:
     # Answer-length profiles (router.method.lengths), fitted where the index set has answer lengths;
     # None in files without them.
     lengths: "LengthProfile | None" = None
+    # The stacked predictor (router.method.calibration), where the file has it: float32
+    # [D + T + 1, M], a ridge head from the embedding, the task (one-hot over `tasks`) and a bias to
+    # each model's score (the evidence of the training rows alike); float32 [3, M], the weights of
+    # the profile's score, that evidence and a constant; float32 [2, B, M], a monotone map of the
+    # result onto the scores the models reach. All fitted on out-of-fold predictions of the
+    # training table. None: the profile's score alone.
+    evidence: np.ndarray | None = None
+    stack: np.ndarray | None = None
+    calibration: np.ndarray | None = None
 
     @property
     def dim(self) -> int:
@@ -268,10 +277,10 @@ class Profiles:
         return self.__dict__[key]
 
     def score_annotated(self, ann: Annotation) -> np.ndarray:
-        """Predicted quality [N, M]: A_cap @ Cap + A_know @ Know (+ the task's weight times its
+        """The profile's score [N, M]: A_cap @ Cap + A_know @ Know (+ the task's weight times its
         profile), with the rank weights in A, without building the one-hot weight matrices: one
         gather per row from the table of rank-weighted sums of every top-r list where it is small,
-        else r gathers [N, r, M] contracted with the weights."""
+        else r gathers [N, r, M] contracted with the weights. `quality` is what routing uses."""
         w_task, wk = knowledge_weights(ann, self.alpha)
         r_cap = ann.capabilities.shape[1]
         q = rank_weighted_rows(self.cap, ann.capabilities, self.alpha, self._rank_sums("cap", r_cap))
@@ -284,10 +293,25 @@ class Profiles:
             q += w_task[:, None] * self.task_profile[np.maximum(ann.tasks, 0)]
         return q.astype(np.float32, copy=False)
 
+    def quality(self, embeddings: np.ndarray, ann: Annotation) -> np.ndarray:
+        """Predicted quality [N, M] (float32): the profile's score, stacked with the evidence head's
+        and calibrated where the file has them (router.method.calibration), else the score alone."""
+        q = self.score_annotated(ann)
+        if self.stack is not None and self.evidence is not None:
+            from router.method.calibration import evidence_scores
+
+            e = evidence_scores(self.evidence, embeddings, ann.tasks)
+            q = self.stack[0] * q + self.stack[1] * e + self.stack[2]
+        if self.calibration is not None:
+            from router.method.calibration import apply_calibration
+
+            q = apply_calibration(q, self.calibration)
+        return q.astype(np.float32, copy=False)
+
     def score(self, embeddings: np.ndarray, tasks=None) -> np.ndarray:
         """Predicted quality [N, M] (float32) for L2-normalised embeddings [N, D]; `tasks` (one
         label per row, optional) adds each row's task as its first knowledge element."""
-        return self.score_annotated(self.annotate(embeddings, tasks))
+        return self.quality(embeddings, self.annotate(embeddings, tasks))
 
     def expected_output_tokens(self, ann: Annotation) -> np.ndarray:
         """Expected answer tokens [N, M] (float32): from the length profile for models that have one
@@ -328,6 +352,9 @@ class Profiles:
             output_tokens=self.output_tokens[:, cols],
             task_profile=None if self.task_profile is None else self.task_profile[:, cols],
             lengths=None if self.lengths is None else self.lengths.select(cols),
+            evidence=None if self.evidence is None else self.evidence[:, cols],
+            stack=None if self.stack is None else self.stack[:, cols],
+            calibration=None if self.calibration is None else self.calibration[:, :, cols],
         )
 
     def save(self, path: str | Path) -> None:
@@ -350,6 +377,9 @@ class Profiles:
             extra["heads"] = self.heads
         if self.lengths is not None:
             extra.update(self.lengths.arrays())
+        for name in ("evidence", "stack", "calibration"):
+            if getattr(self, name) is not None:
+                extra[name] = getattr(self, name)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as f:
@@ -404,6 +434,8 @@ def load_profiles(path: str | Path) -> Profiles:
             task_profile=z["task_profile"].astype(np.float32) if "task_profile" in z.files else None,
             heads=z["heads"].astype(np.float32) if "heads" in z.files else None,
             lengths=LengthProfile.from_arrays(z),
+            **{name: z[name].astype(np.float32) if name in z.files else None
+               for name in ("evidence", "stack", "calibration")},
         )
 
 

@@ -135,7 +135,7 @@ class Scorer:
         if self.task_column in batch.column_names:
             tasks = batch[self.task_column].cast(pa.string()).to_numpy(zero_copy_only=False)
         ann = p.annotate(emb, tasks)
-        quality = p.score_annotated(ann)
+        quality = p.quality(emb, ann)
         nbytes = pc.fill_null(pc.binary_length(batch[S.PROMPT]), 0).to_numpy()
         in_tokens = pool.prompt_tokens(nbytes)
         predicted = p.expected_output_tokens(ann).astype(np.float64)
