@@ -67,7 +67,7 @@ class ProfileSettings:
     stack: bool = False
     """Before calibrating, stack the profile's score per model with a ridge head on the embedding
     and the task (router.method.calibration). Off by default: on the shared tables it calibrates
-    better but routes with 0.5-2.5 points less accuracy at lambda = 0 on routerdc (bench/README.md)."""
+    better but routes with 0.6-3.1 points less accuracy at lambda = 0 on routerdc (bench/README.md)."""
 
     def __post_init__(self) -> None:
         from router.method.annotate import ANNOTATORS
