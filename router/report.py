@@ -70,7 +70,8 @@ def _wave_lines(d: dict[str, Any]) -> list[str]:
     budget, act = d.get("budget_usd"), d.get("actual_spend_usd")
     if budget:
         lines.append(f"budget used: {act / budget:.1%} of {budget:.6g} {u}"
-                     + (" (hard: a row entered an engine only when its worst case fitted)" if d.get("budget_mode") == "hard" else ""))  # fmt: skip
+                     + (" (hard: a row entered an engine only when its worst case fitted)"
+                        if d.get("budget_mode") == "hard" else ""))  # fmt: skip
     return lines
 
 
@@ -81,7 +82,8 @@ def _gpu_time_lines(d: dict[str, Any]) -> list[str]:
     if d.get("deadline_s") is not None:
         budget = d.get("budget_usd")
         lines.append(f"deadline: {d['deadline_s']:g}s of generation"
-                     + (f", {budget:.6g} GPU-seconds on the job's devices after the engines' start" if budget is not None else ""))  # fmt: skip
+                     + (f", {budget:.6g} GPU-seconds on the job's devices after the engines' start"
+                        if budget is not None else ""))  # fmt: skip
     if g:
         used = "-" if g["used_s"] is None else f"{g['used_s']:.4g}"
         per = ", ".join(f"{m} {v['predicted_s'] or 0:.4g}/{'-' if v['used_s'] is None else format(v['used_s'], '.4g')}"

@@ -94,7 +94,8 @@ def generate_and_write(cfg: JobConfig, assigned, result: RunResult, started: Sta
         earlier = result.resumed.spend if result.resumed is not None else 0.0
         spent = earlier + sum(r.spend for r in runs)
         planned = earlier + (result.plan.predicted_cost if result.plan is not None else math.nan)
-        log(f"generation: spent {spent:.6g} {cfg.cost_unit} of {planned:.6g} {cfg.cost_unit} predicted" + (" (earlier runs included)" if earlier else ""))
+        log(f"generation: spent {spent:.6g} {cfg.cost_unit} of {planned:.6g} {cfg.cost_unit} predicted"
+            + (" (earlier runs included)" if earlier else ""))  # fmt: skip
     write_shards(cfg, build.rows_for(None).apply(assigned))
     return runs
 

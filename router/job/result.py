@@ -116,7 +116,8 @@ def gpu_time(cfg: JobConfig, by_model: list[ModelTally]) -> dict[str, Any] | Non
     def seconds(cost: float | None, price: float) -> float | None:
         return None if cost is None else cost / price
 
-    models = {t.model: {"predicted_s": seconds(t.predicted_cost, per_s[t.model]), "used_s": seconds(t.actual_cost, per_s[t.model])}
+    models = {t.model: {"predicted_s": seconds(t.predicted_cost, per_s[t.model]),
+                        "used_s": seconds(t.actual_cost, per_s[t.model])}
               for t in by_model if t.model in per_s}  # fmt: skip
     used = [m["used_s"] for m in models.values() if m["used_s"] is not None]
     return {

@@ -18,6 +18,7 @@ import numpy as np
 from router.budget import solve_budget
 from router.cost import token_usd
 from router.backends.encoder import MINILM, encode_cached
+from router.method.calibration import ridge
 from router.method.evaldata import EvalTable, prompt_tokens, read_eval_table
 from router.method.fitting import ProfileSettings, fit_profiles
 
@@ -203,20 +204,6 @@ def _neighbour_means(train_emb, scores, test_emb, ks: Sequence[int]) -> dict[int
     return out
 
 
-def _ridge_fit(x: np.ndarray, y: np.ndarray, alpha: float) -> np.ndarray:
-    """Per model (column of y; NaN: unknown), ridge weights on x (its last column the bias, not
-    shrunk)."""
-    w = np.zeros((x.shape[1], y.shape[1]))
-    shrink = alpha * np.eye(x.shape[1])
-    shrink[-1, -1] = 0.0
-    for j in range(y.shape[1]):
-        k = np.isfinite(y[:, j])
-        if k.any():
-            xk = x[k]
-            w[:, j] = np.linalg.solve(xk.T @ xk + shrink, xk.T @ y[k, j])
-    return w
-
-
 def _ridge_features(emb: np.ndarray, tasks: Sequence[str] | None, known: Sequence[str]) -> np.ndarray:
     """The embedding, a one-hot of the task (among the training tasks `known`) and a bias."""
     onehot = np.zeros((len(emb), len(known)))
@@ -255,14 +242,14 @@ def strong_baselines(tr_emb, tr_scores, tr_tasks, te_emb, te_tasks, seed: int = 
                key=lambda kw: _mse(kw[1] * nb_val[kw[0]] + (1 - kw[1]) * tm_val, y_val))  # fmt: skip
     # ridge on embedding + task
     x_fit, x_val = _ridge_features(tr_emb[fit], task(fit), known), _ridge_features(tr_emb[val], task(val), known)
-    alpha = min(RIDGE_ALPHA, key=lambda a: _mse(x_val @ _ridge_fit(x_fit, tr_scores[fit], a), y_val))
+    alpha = min(RIDGE_ALPHA, key=lambda a: _mse(x_val @ ridge(x_fit, tr_scores[fit], a), y_val))
     task_mean = _task_means(tr_scores, tr_tasks, te_tasks, len(te_emb))
     knn = _neighbour_means(tr_emb, tr_scores, te_emb, (k,))[k]
     x_tr, x_te = _ridge_features(tr_emb, tr_tasks, known), _ridge_features(te_emb, te_tasks, known)
     return {
         "task_mean": task_mean,
         "knn_task": w * knn + (1 - w) * task_mean,
-        "ridge": x_te @ _ridge_fit(x_tr, tr_scores, alpha),
+        "ridge": x_te @ ridge(x_tr, tr_scores, alpha),
         "settings": {"knn_task": {"k": int(k), "blend": float(w)}, "ridge": {"alpha": float(alpha)}},
     }
 
