@@ -12,12 +12,13 @@
 
 In `hard` mode every engine asks the job's spend ledger (`router.job.ledger`) before each call:
 a row whose worst case does not fit in what is left is refused and, until the waves end, not
-written but routed again in the next wave with what the budget still has. A wave before the last
-may also spend at most WAVE_SLACK times its planned share of what is left: when the answers run
-far longer than predicted, the first rows cannot spend what the rest need (they are routed
-again, with the correction the wave has learnt). Whatever the answers do, the actual spend never
-exceeds the budget. A resumed job re-solves from the actual spend on
-disk; its cost correction is learnt afresh from its own waves.
+written but routed again in the next wave with what the budget still has (in the REFUSED_WAVES
+after the last share, planned by their worst case: a model whose worst case fits is chosen). A
+wave before the last may also spend at most WAVE_SLACK times its planned share of what is left:
+when the answers run far longer than predicted, the first rows cannot spend what the rest need
+(they are routed again, with the correction the wave has learnt). Whatever the answers do, the
+actual spend never exceeds the budget. A resumed job re-solves from the actual spend on disk; its
+cost correction is learnt afresh from its own waves.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import pyarrow.compute as pc
 
 from router import schema as S
 from router.config import JobConfig
+from router.cost import token_usd
 from router.job.answer import generate_and_write
 from router.job.budget_passes import solve_route
 from router.job.cluster import ROUTE_BATCH, driver_batches, log, small_job
@@ -161,13 +163,19 @@ def _over(fn, ds, **kwargs):
     return ds.map_batches(fn, fn_kwargs=kwargs, batch_size=ROUTE_BATCH, batch_format="pyarrow", num_cpus=0.5).materialize()
 
 
-def rows_left(batch: pa.Table, done: pa.Array, factors: np.ndarray) -> pa.Table:
+def rows_left(batch: pa.Table, done: pa.Array, factors: np.ndarray, worst: tuple | None = None) -> pa.Table:
     """The scored rows not yet written, their predicted costs scaled per model (the walk each row's
-    hull took under the old costs goes: the next solve walks the new ones)."""
+    hull took under the old costs goes: the next solve walks the new ones). `worst` (hard mode's
+    last waves: each model's max_tokens, input and output price): each row's worst case instead,
+    its planned prompt tokens plus max_tokens, which is what the ledger admits it by."""
     batch = batch.filter(pc.invert(pc.is_in(batch[S.ID].cast(pa.string()), value_set=done)))
     if S.HULL in batch.column_names:
         batch = batch.drop_columns([S.HULL])
     cost = matrix_from_column(batch[S.COST]).astype(np.float64) * factors
+    if worst is not None:
+        max_tokens, price_in, price_out = worst
+        prompt = batch[S.EST_INPUT_TOKENS].to_numpy(zero_copy_only=False).astype(np.float64)[:, None]
+        cost = np.where(np.isnan(cost), np.nan, token_usd(prompt, max_tokens, price_in, price_out))
     column = pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(cost, np.float32).ravel()), factors.size)
     return batch.set_column(batch.schema.get_field_index(S.COST), S.COST, column)
 
@@ -176,21 +184,26 @@ def wave_share(batch: pa.Table, share: dict[str, float], seed: int) -> pa.Table:
     """The wave's rows, and every row no engine will see (their status is written as it is), but
     the rows the plan left over budget: they are routed again in the next wave.
 
-    Each routed row is drawn with its model's probability `share[model]`, seeded by the wave and the
-    batch's first id (a rerun draws alike): a random draw, so that every model's cost correction
-    learns from rows like the ones still to come. (Rows chosen by any property of theirs, the
-    cheapest first, say, would teach a correction that is wrong for the rest.)"""
+    Of each model's routed rows in the batch, `share[model]` of them (rounded at random, so that it
+    holds on average over batches) are drawn at random, seeded by the wave and the batch's first id
+    (a rerun draws alike): a random draw, so that every model's cost correction learns from rows
+    like the ones still to come. (Rows chosen by any property of theirs, the cheapest first, say,
+    would teach a correction that is wrong for the rest.)"""
     if not batch.num_rows:
         return batch
     first = str(batch[S.ID][0].as_py()).encode()
-    u = np.random.default_rng([seed, zlib.crc32(first)]).random(batch.num_rows)
-    models = batch[S.MODEL].to_pylist()
-    p = np.array([share.get(m, 1.0) if m is not None else 1.0 for m in models])
+    rng = np.random.default_rng([seed, zlib.crc32(first)])
+    models = np.asarray(batch[S.MODEL].to_pylist(), dtype=object)
     ok = pc.fill_null(pc.equal(batch[S.STATUS], S.OK), False).to_numpy(zero_copy_only=False)
+    take = np.zeros(batch.num_rows, bool)
+    for m in sorted({str(m) for m in models[ok]}):
+        rows = np.flatnonzero(ok & (models == m))
+        k = min(rows.size, int(share.get(m, 1.0) * rows.size + rng.random()))
+        take[rng.permutation(rows)[:k]] = True
     # Rows this plan leaves out for the budget wait for the next one (what the answers actually cost
     # may leave the money for them); the other rows no engine will see are written now.
     waiting = pc.fill_null(pc.equal(batch[S.STATUS], S.OVER_BUDGET), False).to_numpy(zero_copy_only=False)
-    return batch.filter(pa.array(((u < p) & ok) | (~ok & ~waiting)))
+    return batch.filter(pa.array(take | (~ok & ~waiting)))
 
 
 def first_shares(by_model, share: float) -> dict[str, float]:
@@ -236,7 +249,12 @@ def answer_in_waves(cfg: JobConfig, scored, assigned, result: RunResult, started
     for k in range(last_wave + 1):
         share = shares[min(k, len(shares) - 1)]
         if k > 0:
-            todo = _over(rows_left, scored, done=before.ids,
+            # Hard mode, once the shares are done: the rows left were refused for their worst case,
+            # so the plan prices them by it, and a model whose worst case fits is chosen.
+            worst = None if ledger is None or k < len(shares) else tuple(
+                np.array([getattr(m, f) for m in cfg.models], np.float64)
+                for f in ("max_tokens", "input_price", "output_price"))  # fmt: skip
+            todo = _over(rows_left, scored, done=before.ids, worst=worst,
                          factors=np.array([factors[m] for m in names], np.float64))  # fmt: skip
             n = todo.count()
             if n == 0:
