@@ -14,7 +14,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Mapping
 
-from router.config import JobConfig, job_config_from_dict, load_config
+from router.config import JobConfig, job_config_from_dict, read_config_file
 from router.errors import ConfigError
 
 DATASET_INPUT = "<ray.data.Dataset>"
@@ -32,13 +32,7 @@ def _raw(config: str | Path | Mapping | JobConfig) -> dict[str, Any]:
     if isinstance(config, Mapping):
         return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in config.items()}
     if isinstance(config, (str, Path)):
-        import yaml
-
-        path = Path(config)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} not found")
-        load_config(path)  # its own errors, in one line, before anything is merged into it
-        return yaml.safe_load(path.read_text()) or {}
+        return read_config_file(config)
     raise ConfigError(f"a config is a YAML file's path, a mapping or a JobConfig; got {type(config).__name__}")
 
 

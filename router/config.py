@@ -586,6 +586,11 @@ def job_config_from_dict(raw: Mapping) -> JobConfig:
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> JobConfig:
     """Read a YAML job config and apply command-line overrides."""
+    return job_config_from_dict(apply_overrides(read_config_file(path), overrides))
+
+
+def read_config_file(path: str | Path) -> dict:
+    """A YAML job config file as the mapping it holds (not yet checked as a config)."""
     import yaml
 
     path = Path(path)
@@ -597,4 +602,4 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> JobConfig:
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
-    return job_config_from_dict(apply_overrides(raw, overrides))
+    return raw

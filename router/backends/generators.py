@@ -90,8 +90,7 @@ class _Result:
     output_tokens: int | None = None
     finish_reason: str | None = None
     error: str | None = None
-    refused: bool = False
-    """Not answered: the hard budget left could not cover the row's worst case (`SpendLedger`)."""
+    """Why it was not answered (`schema.REFUSED`: the hard budget left could not cover its worst case)."""
     cost: float | None = None
     """What answering it cost, USD (`Generator._charge`)."""
 
@@ -211,9 +210,7 @@ class Generator:
                 to_generate.append(i)
 
         if self._ledger is None:
-            began = time.perf_counter()
-            self._generate(to_generate, token_ids, names, results)
-            self._charge(to_generate, names, results, time.perf_counter() - began)
+            self._generate_charged(to_generate, token_ids, names, results)
         else:
             self._admitted(to_generate, token_ids, names, results)
         elapsed = time.perf_counter() - start
@@ -244,20 +241,25 @@ class Generator:
             if not ok.any():
                 for i in pending:
                     counted = len(token_ids[i]) if self.RENDERS_TOKENS else None
-                    results[i] = _Result(input_tokens=counted, error=S.REFUSED, refused=True)
+                    results[i] = _Result(input_tokens=counted, error=S.REFUSED)
                 return
             admitted = [i for i, yes in zip(pending, ok) if yes]
             self._open_tickets.add(ticket)
             actual = 0.0
             try:
-                began = time.perf_counter()
-                self._generate(admitted, token_ids, names, results)
-                self._charge(admitted, names, results, time.perf_counter() - began)
+                self._generate_charged(admitted, token_ids, names, results)
                 actual = sum(results[i].cost or 0.0 for i in admitted)
             finally:  # a call that raised spent nothing that will be written: its batch is retried
                 self._open_tickets.discard(ticket)
                 self._ledger.settle(ticket, actual)
             pending = [i for i, yes in zip(pending, ok) if not yes]
+
+    def _generate_charged(self, rows: list[int], token_ids: dict[int, Any], names: list[Any],
+                          results: dict[int, _Result]) -> None:  # fmt: skip
+        """`_generate`, then each answered row its actual cost (`_charge`, with the call's seconds)."""
+        began = time.perf_counter()
+        self._generate(rows, token_ids, names, results)
+        self._charge(rows, names, results, time.perf_counter() - began)
 
     def _charge(self, rows: list[int], names: list[Any], results: dict[int, _Result], seconds: float) -> None:
         """Each answered row of one engine call its actual cost: its tokens at its model's token
@@ -348,7 +350,7 @@ class Generator:
             finish[i] = r.finish_reason
             seconds[i] = per_row
             error[i] = r.error
-            if r.refused:
+            if r.error == S.REFUSED:
                 status[i] = S.OVER_BUDGET
                 cost[i] = None
             elif r.error is None:

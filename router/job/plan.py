@@ -26,7 +26,7 @@ from router.job.result import Phase, RunResult
 from router.job.tally import ModelTally, tally
 from router.job.validate import check_group_column, validate_job
 from router.method.profiles import load_profiles
-from router.stages.read import plan_read, read_unit, units_as_items
+from router.stages.read import plan_read, read_unit, units_as_items, without_ids
 from router.stages.route import RoutePlan
 
 
@@ -94,7 +94,7 @@ def scored_dataset(cfg: JobConfig, summary_sink: SummarySink | None = None, skip
     tokenize = build.tokenize(cfg, window, cpus) if build.tokenizes_apart(cfg, on_gpu) else None
     if source is not None:
         ds = source if skip_ids is None or not len(skip_ids) else source.map_batches(
-            _without, fn_kwargs=dict(ids=skip_ids), batch_format="pyarrow", num_cpus=0.25)  # fmt: skip
+            without_ids, fn_kwargs=dict(ids=skip_ids), batch_format="pyarrow", num_cpus=0.25)  # fmt: skip
     else:
         units, _ = plan_read(cfg.input, cfg.text_column, cfg.id_column)
         ds = ray.data.from_items(units_as_items(units), override_num_blocks=len(units))
@@ -115,11 +115,6 @@ def dataset_input(cfg: JobConfig, source):
     rows, columns = read_dataset(source, cfg.text_column, cfg.id_column)
     check_group_column(cfg, columns)
     return rows
-
-
-def _without(batch: pa.Table, ids: pa.Array) -> pa.Table:
-    """The rows whose id is not in `ids` (written by an earlier run of the job)."""
-    return batch.filter(pc.invert(pc.is_in(batch[S.ID], value_set=ids)))
 
 
 def assign_rows(cfg: JobConfig, scored, plan: RoutePlan, allow_skip: bool):

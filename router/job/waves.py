@@ -44,6 +44,7 @@ from router.job.plan import assign_rows
 from router.job.prestart import StartedEngines
 from router.job.result import RunResult
 from router.job.tally import tally
+from router.stages.read import without_ids
 from router.stages.route import matrix_from_column
 
 # The first wave gives each model in the plan at least this many rows (all of them where it has fewer).
@@ -168,7 +169,7 @@ def rows_left(batch: pa.Table, done: pa.Array, factors: np.ndarray, worst: tuple
     hull took under the old costs goes: the next solve walks the new ones). `worst` (hard mode's
     last waves: each model's max_tokens, input and output price): each row's worst case instead,
     its planned prompt tokens plus max_tokens, which is what the ledger admits it by."""
-    batch = batch.filter(pc.invert(pc.is_in(batch[S.ID].cast(pa.string()), value_set=done)))
+    batch = without_ids(batch, done)  # ids are text (router.stages.read.validate)
     if S.HULL in batch.column_names:
         batch = batch.drop_columns([S.HULL])
     cost = matrix_from_column(batch[S.COST]).astype(np.float64) * factors

@@ -18,7 +18,7 @@ import numpy as np
 from router.budget import solve_budget
 from router.cost import token_usd
 from router.backends.encoder import MINILM, encode_cached
-from router.method.calibration import ridge
+from router.method.calibration import evidence_features, ridge
 from router.method.evaldata import EvalTable, prompt_tokens, read_eval_table
 from router.method.fitting import ProfileSettings, fit_profiles
 
@@ -141,13 +141,8 @@ def _outcome(scores: np.ndarray, cost: np.ndarray, choice: np.ndarray) -> dict[s
 
 
 def _knn_quality(train_emb, train_scores, test_emb, k: int = KNN_K) -> np.ndarray:
-    filled = np.where(np.isnan(train_scores), np.nanmean(train_scores, axis=0), train_scores)
-    out = np.empty((len(test_emb), train_scores.shape[1]), np.float32)
-    for lo in range(0, len(test_emb), 2048):
-        sims = test_emb[lo : lo + 2048] @ train_emb.T
-        nn = np.argpartition(-sims, min(k, sims.shape[1] - 1), axis=1)[:, :k]
-        out[lo : lo + 2048] = filled[nn].mean(axis=1)
-    return out
+    """The k-nearest-neighbour router's quality: the mean score of each row's k most similar training rows."""
+    return _neighbour_means(train_emb, train_scores, test_emb, (k,))[k]
 
 
 def _random_at_budget(costs: Costs, scores: np.ndarray, budget: float, draws: int = 20) -> dict[str, float]:
@@ -205,14 +200,11 @@ def _neighbour_means(train_emb, scores, test_emb, ks: Sequence[int]) -> dict[int
 
 
 def _ridge_features(emb: np.ndarray, tasks: Sequence[str] | None, known: Sequence[str]) -> np.ndarray:
-    """The embedding, a one-hot of the task (among the training tasks `known`) and a bias."""
-    onehot = np.zeros((len(emb), len(known)))
-    if tasks is not None and known:
-        index = {t: i for i, t in enumerate(known)}
-        for r, t in enumerate(tasks):
-            if t in index:
-                onehot[r, index[t]] = 1.0
-    return np.hstack([emb.astype(np.float64), onehot, np.ones((len(emb), 1))])
+    """The embedding, a one-hot of the task (among the training tasks `known`) and a bias: the
+    product's evidence features (`router.method.calibration.evidence_features`)."""
+    index = {t: i for i, t in enumerate(known)}
+    ids = None if tasks is None else np.array([index.get(t, -1) for t in tasks], np.int64)
+    return evidence_features(emb, ids, len(known)).astype(np.float64)
 
 
 def _mse(pred: np.ndarray, y: np.ndarray) -> float:
@@ -335,10 +327,9 @@ def _cross_fitted(table: EvalTable, emb: np.ndarray, models: Sequence[str], fold
                   **fit) -> Predictions:  # fmt: skip
     """Every row predicted by profiles fitted on the other folds; rows with the same query text share
     a fold, so no query is both fitted on and predicted."""
-    from router.method.lengths import fold_of
+    from router.method.lengths import query_folds
 
-    _, query = np.unique(np.asarray(table.queries, dtype=object).astype(str), return_inverse=True)
-    fold = fold_of(int(query.max()) + 1, folds, seed)[query]
+    fold = query_folds(table.queries, folds, seed)
     parts = {}
     for f in range(folds):
         test, train = np.flatnonzero(fold == f), np.flatnonzero(fold != f)
@@ -494,7 +485,7 @@ def evaluate(
         "length_source": dict(zip(models, pred.length_source)),
         "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
     }  # fmt: skip
-    result["comparison"] = compare(pred, te_scores_raw, fractions, best_cost, lo=0.0, route=route)
+    result["comparison"] = compare(pred, te_scores_raw, fractions, best_cost, route, sweep)
     if costs.actual_known:
         result["cost_prediction"] = cost_prediction(costs, models)
         result["budget_use"] = _budget_use(sweep, best_cost)
@@ -518,18 +509,21 @@ def evaluate(
 PREDICTORS = {"router": "quality", "task_mean": "task_mean", "knn_task": "knn_task", "ridge": "ridge"}
 
 
-def compare(pred: Predictions, scores: np.ndarray, fractions: np.ndarray, best_cost: float, *, lo: float,
-            route) -> dict[str, Any]:  # fmt: skip
+def compare(pred: Predictions, scores: np.ndarray, fractions: np.ndarray, best_cost: float, route,
+            router_sweep: list[dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
     """The router against the strong simple baselines, each routed by the same solver on the same
-    predicted costs: accuracy and cost at COMPARE_FRACTIONS of the best single model's cost, the
-    area under the quality-cost frontier (`aiq`, from no spend to the best single model's cost) and
-    the calibration of the predicted quality (`calibration`)."""
+    predicted costs over the budgets `fractions` x `best_cost` (the router's: `router_sweep`, already
+    routed): accuracy and cost at COMPARE_FRACTIONS of them, the area under the quality-cost
+    frontier (`aiq`, from no spend to the best single model's cost) and the calibration of the
+    predicted quality (`calibration`)."""
+    at_index = {f: int(np.argmin(np.abs(fractions - f))) for f in COMPARE_FRACTIONS}
+    assert all(np.isclose(fractions[i], f) for f, i in at_index.items()), "COMPARE_FRACTIONS must be swept"
     out = {}
     for name, attr in PREDICTORS.items():
         q = getattr(pred, attr)
-        sweep = [route(q, f * best_cost)[0] for f in fractions]
-        at = {f"{f:g}": route(q, f * best_cost)[0] for f in COMPARE_FRACTIONS}
-        out[name] = {"at": at, "aiq": aiq(sweep, lo, best_cost), "calibration": calibration(q, scores)}
+        sweep = router_sweep if name == "router" else [route(q, f * best_cost)[0] for f in fractions]
+        at = {f"{f:g}": sweep[i] for f, i in at_index.items()}
+        out[name] = {"at": at, "aiq": aiq(sweep, 0.0, best_cost), "calibration": calibration(q, scores)}
     return out
 
 

@@ -20,7 +20,7 @@ from router.method.calibration import (
     stacked,
 )
 from router.method.evaldata import EvalTable, read_eval_table
-from router.method.lengths import LengthProfile, fit_length_profile
+from router.method.lengths import LengthProfile, fit_length_profile, query_folds
 from router.method.profiles import Annotation, Profiles, build_profiles
 from router.method.taxonomy import CAPABILITIES, DOMAINS
 
@@ -180,14 +180,6 @@ def fit_profiles(
     return profiles
 
 
-def _folds(queries: Sequence[str], seed: int) -> np.ndarray:
-    """Each row's fold (rows sharing a query share it)."""
-    from router.method.lengths import fold_of
-
-    _, query = np.unique(np.asarray(queries, dtype=object).astype(str), return_inverse=True)
-    return fold_of(int(query.max()) + 1, CALIBRATION_FOLDS, seed)[query]
-
-
 def _evidence_out_of_fold(x: np.ndarray, y: np.ndarray, fold: np.ndarray) -> tuple[np.ndarray, float]:
     """The evidence head's out-of-fold predictions [N, M] at the alpha that predicts them best, and it."""
     best = None
@@ -208,7 +200,7 @@ def with_stack(profiles: Profiles, table: EvalTable, embeddings: np.ndarray, sco
     """`profiles` with the stacked predictor (router.method.calibration): each training row's profile
     score from profiles fitted without its fold, the evidence head's likewise, the stack and the
     calibration fitted on them; the evidence head then refitted on every row."""
-    fold = _folds(table.queries, s.seed)
+    fold = query_folds(table.queries, CALIBRATION_FOLDS, s.seed)
     inner = replace(s, calibrate=False, stack=False, length_kappa=s.length_kappa or 1.0)  # lengths are not scored
     raw = np.full(scores.shape, np.nan)
     full = np.full((len(table.queries), len(table.models)), np.nan)
@@ -330,7 +322,7 @@ def _added_stack(profiles: Profiles, table: EvalTable, model: str, embeddings: n
     x = evidence_features(embeddings[rows], ann.tasks, len(profiles.tasks))
     alpha = float(profiles.meta.get("stack", {}).get("evidence_alpha", EVIDENCE_ALPHAS[0]))
     bare = replace(profiles, evidence=None, stack=None, calibration=None)
-    fold = _folds([table.queries[i] for i in rows], 0)
+    fold = query_folds([table.queries[i] for i in rows], CALIBRATION_FOLDS, 0)
     raw, evidence = np.full(y.shape, np.nan), np.full(y.shape, np.nan)
     for f in range(CALIBRATION_FOLDS):
         test, train = fold == f, fold != f

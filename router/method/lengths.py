@@ -215,6 +215,13 @@ def fold_of(n: int, folds: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(n) % folds
 
 
+def query_folds(queries, folds: int, seed: int) -> np.ndarray:
+    """Each row's fold (`fold_of` over the distinct query texts): rows with the same query share a
+    fold, so no query is both fitted on and predicted."""
+    _, query = np.unique(np.asarray(queries, dtype=object).astype(str), return_inverse=True)
+    return fold_of(int(query.max()) + 1, folds, seed)[query]
+
+
 def choose_kappa(x: np.ndarray, y: np.ndarray, *, folds: int = FOLDS, seed: int = 0) -> tuple[float, dict[str, float]]:
     """The kappa of KAPPA_GRID with the least out-of-fold deviance of the capability and cluster
     part, on a sample of at most CV_MAX_ROWS answers; DEFAULT_KAPPA (and no errors) when there are

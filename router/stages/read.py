@@ -358,6 +358,11 @@ def plan_read(uri: str, text_column: str, id_column: str) -> tuple[list[ReadUnit
     return plan
 
 
+def without_ids(table: pa.Table, ids: pa.Array) -> pa.Table:
+    """The rows whose id is not in `ids` (string ids: those an earlier run of the job wrote)."""
+    return table.filter(pc.invert(pc.is_in(table[S.ID], value_set=ids)))
+
+
 class ReadUnits:
     """Ray Data stage over a dataset of read units: yields the validated rows of each unit."""
 
@@ -373,7 +378,7 @@ class ReadUnits:
             unit = ReadUnit(**u)
             table = read_unit(unit, self.text_column, self.id_column)
             if self.skip_ids is not None:  # one set lookup per unit (a file or a row group), not per batch
-                table = table.filter(pc.invert(pc.is_in(table[S.ID], value_set=self.skip_ids)))
+                table = without_ids(table, self.skip_ids)
             for batch in table.to_batches(max_chunksize=self.rows_per_batch):
                 yield pa.Table.from_batches([batch])
 
