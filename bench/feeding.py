@@ -1,26 +1,30 @@
-"""How well today's generation stage keeps one engine busy when answers vary in length.
+"""How well the generation stage keeps one engine busy when answers vary in length.
 
-    python bench/feeding.py [--rows 1024] [--batch 256] [--max-tokens 256]
+    python bench/feeding.py [--rows 1024] [--batch 256] [--max-tokens 256] [--calls N]
 
 One started vLLM engine (the stand-in, vLLM's CPU build here) serves four pool models whose
 stand-ins answer at very different lengths (end-of-sequence biases from verbose to terse), so the
 answers are heavy-tailed: most short, a few up to `max_tokens`. The same rows, with the same
-per-row sampling, are answered twice:
+per-row sampling (greedy: the same tokens each time), are answered three ways:
 
 - baseline: one `LLM.generate` call over all the rows (the engine's running batch is refilled
   from the whole set until the end);
-- stage: the stage as each engine actor runs it, `VLLMGenerator.__call__` on `--batch` rows at a
-  time, one call after another (each call returns when its longest answer is done, so the running
-  batch drains at the end of every call).
+- stage: the stage as an engine actor runs it, `VLLMGenerator.__call__` on `--batch` rows per
+  call, `--calls` calls at once (threads, as the actor's `max_concurrency` runs them; default:
+  what the job runs, `engine_calls_in_flight`), every call's rows in one running batch;
+- one call at a time: the same calls one after another (each returns when its longest answer is
+  done, so the running batch drains at the end of every call; the stage before continuous feeding).
 
-Prints answer tokens per second over each one's generation span and their ratio (the stage's
-share of the baseline), and how the lengths are spread.
+Prints answer tokens per second over each one's generation span and its share of the baseline,
+and how the lengths are spread.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,51 +36,108 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 EOS_BIASES = {"verbose": -3.5, "long": -1.0, "short": 1.5, "terse": 4.0}
 
 
+def rows(n: int) -> tuple[list[str], list[str]]:
+    """The bench's prompts and the pool model each is routed to (heavy-tailed answer lengths)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    names = [str(m) for m in rng.choice(list(EOS_BIASES), size=n, p=[0.05, 0.15, 0.3, 0.5])]
+    return [f"Question {i}: what is {i} times {i % 17}? Explain briefly." for i in range(n)], names
+
+
+def baseline(n: int, max_tokens: int) -> dict:
+    """One `LLM.generate` over all the rows, in an engine built and driven by this process's main
+    thread as a script using vLLM would; the chat turns rendered to tokens inside the span, as the
+    stage renders them. Returns its seconds and each answer's length."""
+    import vllm
+
+    from router.backends.standin import build_standin, default_standin_dir
+    from router.backends.tokens import render_ids
+    from router.config import GenerationSpec
+
+    prompts, names = rows(n)
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in-process, as the stage runs on a CPU
+    llm = vllm.LLM(model=str(build_standin(default_standin_dir())), max_model_len=2048, dtype="float32",
+                   enforce_eager=True, distributed_executor_backend="uni", **GenerationSpec().vllm_engine_args())  # fmt: skip
+    tokenizer = llm.get_tokenizer()
+    sampling = {m: vllm.SamplingParams(max_tokens=max_tokens, temperature=0.0, logit_bias={tokenizer.eos_token_id: b})
+                for m, b in EOS_BIASES.items()}  # fmt: skip
+    params = [sampling[m] for m in names]
+    warm = [{"prompt_token_ids": t} for t in render_ids(tokenizer, prompts[:8])]
+    llm.generate(warm, params[:8], use_tqdm=False)
+    t0 = time.perf_counter()
+    requests = [{"prompt_token_ids": t} for t in render_ids(tokenizer, prompts)]
+    out = llm.generate(requests, params, use_tqdm=False)
+    return {"seconds": time.perf_counter() - t0, "lengths": [len(o.outputs[0].token_ids) for o in out]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rows", type=int, default=1024)
+    ap.add_argument("--rows", type=int, default=4096)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--max-tokens", type=int, default=256)
+    ap.add_argument("--calls", default=None, help="calls at once, or a list (8,16,32) to compare; default: the job's "
+                    "(engine_calls_in_flight)")
+    ap.add_argument("--one-at-a-time", action="store_true", help="also run the calls one after another (slow)")
+    ap.add_argument("--order", action="store_true", help="give each row its model's mean answer length as its "
+                    "predicted length: each call starts its longest first")
+    ap.add_argument("--baseline-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.baseline_only:  # the baseline's own process (an engine each: two in one process slow each other)
+        print(json.dumps(baseline(args.rows, args.max_tokens)))
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
     import numpy as np
     import pyarrow as pa
 
     from router import schema as S
     from router.backends.generators import ModelSettings, VLLMGenerator
     from router.backends.standin import build_standin, default_standin_dir
+    from router.config import GenerationSpec
+    from router.job.engines import engine_calls_in_flight
 
+    done = subprocess.run([sys.executable, __file__, "--baseline-only", "--rows", str(args.rows), "--max-tokens",
+                           str(args.max_tokens)], stdout=subprocess.PIPE, text=True, check=True)  # fmt: skip
+    base = json.loads(done.stdout.strip().splitlines()[-1])
+    base_s, lengths = base["seconds"], np.array(base["lengths"])
+    base_tokens = int(lengths.sum())
+
+    prompts, names = rows(args.rows)
+    gen_spec = GenerationSpec(batch_size=args.batch)
     settings = {name: ModelSettings(max_tokens=args.max_tokens, input_price=0.0, output_price=0.0, temperature=0.0,
                                     eos_bias=bias) for name, bias in EOS_BIASES.items()}  # fmt: skip
     gen = VLLMGenerator(str(build_standin(default_standin_dir())), models=settings, max_model_len=2048,
-                        dtype="float32")  # fmt: skip
-    rng = np.random.default_rng(0)
-    names = [str(n) for n in rng.choice(list(EOS_BIASES), size=args.rows, p=[0.05, 0.15, 0.3, 0.5])]
-    prompts = [f"Question {i}: what is {i} times {i % 17}? Explain briefly." for i in range(args.rows)]
-    ids = dict(enumerate(gen.render(prompts)))
-    gen._run(list(range(8)), ids, names)  # warm the engine up
-
-    t0 = time.perf_counter()
-    base = gen._run(list(range(args.rows)), ids, names)
-    base_s = time.perf_counter() - t0
-    base_tokens = sum(r.output_tokens for r in base)
-
+                        dtype="float32", engine_kwargs=gen_spec.vllm_engine_args())  # fmt: skip
+    calls = ([int(c) for c in args.calls.split(",")] if args.calls
+             else [engine_calls_in_flight(gen_spec, "vllm", on_gpu=False)])  # fmt: skip
     table = pa.table({S.ID: [str(i) for i in range(args.rows)], S.PROMPT: prompts, S.MODEL: names,
                       S.STATUS: [S.OK] * args.rows})  # fmt: skip
-    t0 = time.perf_counter()
-    out = [gen(table.slice(lo, args.batch)) for lo in range(0, args.rows, args.batch)]
-    stage_s = time.perf_counter() - t0
-    stage_tokens = sum(sum(t[S.OUTPUT_TOKENS].to_pylist()) for t in out)
+    if args.order:  # the prediction a router has: each model's mean answer length
+        mean = {m: float(np.mean(lengths[np.array(names) == m])) for m in EOS_BIASES}
+        table = table.append_column(S.EST_OUTPUT_TOKENS, pa.array([mean[m] for m in names], pa.float32()))
+    batches = [table.slice(lo, args.batch) for lo in range(0, args.rows, args.batch)]
+    gen(table.slice(0, 8))  # warm the engine up
+
+    def stage(at_once: int) -> tuple[float, int]:
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(at_once) as pool:
+            out = list(pool.map(gen, batches))
+        seconds = time.perf_counter() - t0
+        return seconds, sum(sum(t[S.OUTPUT_TOKENS].to_pylist()) for t in out)
+
+    runs = [(f"stage: calls of {args.batch} rows, {k} at once", *stage(k)) for k in calls]
+    if args.one_at_a_time:
+        runs.append((f"one call of {args.batch} rows at a time", *stage(1)))
     gen.close()
 
-    lengths = np.array([r.output_tokens for r in base])
     print(f"{args.rows} rows, 4 pool models on one engine, max_tokens {args.max_tokens}; answer tokens: median "
           f"{np.median(lengths):.0f}, p90 {np.percentile(lengths, 90):.0f}, max {lengths.max()}, "
           f"{np.mean(lengths == args.max_tokens):.1%} at max_tokens")  # fmt: skip
-    print(f"{'':36} {'seconds':>8} {'answer tokens':>14} {'tokens/s':>9}")
-    print(f"{'baseline: one LLM.generate':36} {base_s:8.1f} {base_tokens:14d} {base_tokens / base_s:9.0f}")
-    print(f"{f'stage: calls of {args.batch} rows':36} {stage_s:8.1f} {stage_tokens:14d} {stage_tokens / stage_s:9.0f}")
-    print(f"stage / baseline: {stage_tokens / stage_s / (base_tokens / base_s):.2f}x")
-
+    print(f"{'':40} {'seconds':>8} {'answer tokens':>14} {'tokens/s':>9} {'of baseline':>12}")
+    rate = base_tokens / base_s
+    for label, s, n in [("baseline: one LLM.generate", base_s, base_tokens), *runs]:
+        print(f"{label:40} {s:8.1f} {n:14d} {n / s:9.0f} {n / s / rate:11.0%}")
 
 if __name__ == "__main__":
     main()

@@ -1,19 +1,22 @@
 """The generation stage against Ray's own `ray.data.llm` vLLM processor, on the same rows.
 
-    python bench/llm_processor.py [--rows 200] [--batch 64] [--max-tokens 16] [--side both|stage|processor]
+    python bench/llm_processor.py [--rows 200] [--batch 64] [--max-tokens 16] [--varied] [--side both|stage|processor]
 
 Each side runs in a fresh process with its own local Ray (2 CPUs), on the stand-in model (vLLM's
-CPU build here), greedy decoding, one engine replica, `batch` rows per engine call:
+CPU build here), greedy decoding, one engine replica, `batch` rows per engine call. `--varied`:
+each row's answer length drawn from four stand-in verbosities (an end-of-sequence bias per row,
+the same on both sides: heavy-tailed, most answers short, a few at max_tokens) instead of every
+answer running to max_tokens.
 
-- `stage`: the router's `VLLMGenerator` on `map_batches` (what `router run` uses);
+- `stage`: the router's `VLLMGenerator` on `map_batches`, as `router run` builds it (calls at once
+  per engine: `engine_calls_in_flight`);
 - `processor`: `vLLMEngineProcessorConfig` + `build_processor`, with the settings it needs here
   (`placement_group_config={"bundles": [{"CPU": 1}]}`; the pool model's name in a column other
   than `model`, which the processor reads as a LoRA adapter's name).
 
 Printed per side: wall time from building the dataset to the last row (engine start included),
 the generation span (first request into the engine to the last answer), and generated tokens/s
-of each. The processor keeps several batches in flight per engine (`max_concurrent_batches`);
-the stage hands vLLM one batch at a time.
+of each. Both keep several batches in flight per engine (the processor: `max_concurrent_batches`).
 """
 
 from __future__ import annotations
@@ -34,11 +37,17 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 import ray, pyarrow as pa
 ray.init(address="local", num_cpus=2, include_dashboard=False)
-rows = [{"id": str(i), "pool_model": "m", "prompt": f"What is 2 + {i}? Answer with one number."} for i in range(spec["rows"])]
+import random
+rng = random.Random(0)
+BIAS = {"verbose": -3.5, "long": -1.0, "short": 1.5, "terse": 4.0} if spec["varied"] else {"m": 0.0}
+names = rng.choices(list(BIAS), weights=[0.05, 0.15, 0.3, 0.5] if spec["varied"] else [1], k=spec["rows"])
+rows = [{"id": str(i), "pool_model": names[i], "prompt": f"What is 2 + {i}? Answer with one number."} for i in range(spec["rows"])]
 t = time.time()
 ds = ray.data.from_items(rows)
 if spec["side"] == "stage":
     from router.backends.generators import VLLMGenerator
+    from router.config import GenerationSpec
+    from router.job.engines import engine_calls_in_flight
 
     class Timed(VLLMGenerator):
         def __call__(self, batch):
@@ -46,17 +55,23 @@ if spec["side"] == "stage":
             out = super().__call__(batch.rename_columns(["model" if c == "pool_model" else c for c in batch.column_names]))
             return out.append_column("t0", pa.array([t0] * out.num_rows)).append_column("t1", pa.array([time.time()] * out.num_rows))
 
-    settings = {"m": dict(max_tokens=spec["max_tokens"], temperature=0.0, input_price=0.1, output_price=0.1)}
+    settings = {m: dict(max_tokens=spec["max_tokens"], temperature=0.0, input_price=0.1, output_price=0.1, eos_bias=b)
+                for m, b in BIAS.items()}
+    k = engine_calls_in_flight(GenerationSpec(batch_size=spec["batch"]), "vllm", on_gpu=False)
     out = ds.map_batches(Timed, fn_constructor_kwargs=dict(weights=spec["model"], models=settings, max_model_len=1024,
                                                            dtype="float32"),
-                         compute=ray.data.ActorPoolStrategy(size=1), batch_size=spec["batch"], batch_format="pyarrow",
-                         num_cpus=1).take_all()
+                         compute=ray.data.ActorPoolStrategy(size=1, max_concurrent_calls_per_actor=k,
+                                                            max_tasks_in_flight_per_actor=k, enable_true_multi_threading=True),
+                         batch_size=spec["batch"], batch_format="pyarrow", num_cpus=1).take_all()
     wall = time.time() - t
     span = max(r["t1"] for r in out) - min(r["t0"] for r in out)
     tokens = sum(r["output_tokens"] for r in out)
     finish = sorted({r["finish_reason"] for r in out})
 else:
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+    from transformers import AutoTokenizer
+
+    eos = AutoTokenizer.from_pretrained(spec["model"]).eos_token_id
 
     cfg = vLLMEngineProcessorConfig(
         model_source=spec["model"], engine_kwargs=dict(dtype="float32", max_model_len=1024, enforce_eager=True),
@@ -65,7 +80,8 @@ else:
     proc = build_processor(
         cfg,
         preprocess=lambda r: dict(messages=[{"role": "user", "content": r["prompt"]}],
-                                  sampling_params=dict(max_tokens=spec["max_tokens"], temperature=0.0)),
+                                  sampling_params=dict(max_tokens=spec["max_tokens"], temperature=0.0,
+                                                       logit_bias={eos: BIAS[r["pool_model"]]} if BIAS[r["pool_model"]] else None)),
         postprocess=lambda r: dict(id=r["id"], tokens=r["num_generated_tokens"], arrival=r["metrics"]["arrival_time"],
                                    done=r["metrics"]["arrival_time"] + r["metrics"]["last_token_ts"] - r["metrics"]["queued_ts"]),
     )
@@ -81,7 +97,7 @@ print("RESULT " + json.dumps({"side": spec["side"], "rows": len(out), "wall_s": 
 
 
 def run_side(side: str, args, model: str) -> dict:
-    spec = dict(side=side, rows=args.rows, batch=args.batch, max_tokens=args.max_tokens, model=model)
+    spec = dict(side=side, rows=args.rows, batch=args.batch, max_tokens=args.max_tokens, model=model, varied=args.varied)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "ROUTER_PROGRESS": "0", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
     res = subprocess.run([sys.executable, "-c", SIDE, json.dumps(spec)], capture_output=True, text=True, env=env,
                          timeout=1800, start_new_session=True)  # fmt: skip
@@ -96,6 +112,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=200)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--varied", action="store_true", help="heavy-tailed answer lengths (else every answer runs to max_tokens)")
     ap.add_argument("--side", choices=("both", "stage", "processor"), default="both")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))

@@ -1,7 +1,7 @@
 """The whole pipeline (read, encode, route, generate, write) against calling `vllm.LLM.generate`
 directly on the same prompts, model and sampling settings, in the same run.
 
-    python bench/pipeline.py [--rows 2000] [--config jobs/configs/local.yaml]
+    python bench/pipeline.py [--rows 2000] [--config jobs/configs/local.yaml] [--varied [--max-tokens 256]]
 
 Each side runs in a fresh process, one after the other, on the config's stand-in model (vLLM's
 CPU build here). The table gives generated tokens per second of each: the baseline counts
@@ -9,6 +9,11 @@ CPU build here). The table gives generated tokens per second of each: the baseli
 engine (its core and worker in processes of their own) and once with the engine in one process,
 as the pipeline runs it on a CPU (the ratios are against that one); the pipeline counts its whole
 wall time, from `router run` to the last parquet file, plus its own phase table.
+
+By default every answer runs to max_tokens on both sides. `--varied`: each pool model's stand-in
+answers at its own length (the job's end-of-sequence bias per model, from verbose to terse), and
+the baseline answers the rows the pipeline answered, each with the sampling of the model it was
+routed to: heavy-tailed lengths, most short, a few at max_tokens.
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ BASELINE = r"""
 import json, os, sys, time
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 spec = json.loads(sys.argv[1])
-prompts = [json.loads(l)["prompt"] for l in open(spec["input"])]
+lines = [json.loads(l) for l in open(spec["input"])]
+prompts = [x["prompt"] for x in lines]
 t0 = time.perf_counter()
 engine = {}
 if spec["in_process"]:  # the pipeline's setting for CPU engines (router.backends.generators._engine_in_this_process)
@@ -54,7 +60,9 @@ if getattr(tok, "chat_template", None):  # one user turn, as the pipeline render
     ids = [list(x) for x in tok(texts, add_special_tokens=False)["input_ids"]]
 else:
     ids = [list(x) for x in tok(prompts)["input_ids"]]
-params = vllm.SamplingParams(**spec["sampling"], logit_bias={tok.eos_token_id: -100.0})  # as the pipeline's side
+made = {}  # one SamplingParams per end-of-sequence bias (a row's model's), as the pipeline's side
+params = [made.setdefault(x["bias"], vllm.SamplingParams(**spec["sampling"], logit_bias={tok.eos_token_id: x["bias"]}))
+          for x in lines]
 t1 = time.perf_counter()
 outs = llm.generate([{"prompt_token_ids": x} for x in ids], params, use_tqdm=False)
 t2 = time.perf_counter()
@@ -67,16 +75,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=2000)
     ap.add_argument("--config", default="jobs/configs/local.yaml")
+    ap.add_argument("--varied", action="store_true", help="each model's stand-in at its own answer length")
+    ap.add_argument("--max-tokens", type=int, default=None, help="every pool model's max_tokens")
     ap.add_argument("overrides", nargs="*", help="key=value settings for the pipeline's config")
     args = ap.parse_args()
     from router.config import load_config
     from router.job.engines import standin_weights
 
     os.chdir(ROOT)
-    # Every answer runs to max_tokens on both sides: the stand-ins' own lengths differ by model, which
-    # one baseline call with one sampling setting cannot copy.
+    from router.backends.standin import standin_eos_bias
+
     cfg = load_config(args.config, ["input=x", "output=y", *args.overrides])
-    args.overrides = [*(f"models.{m.name}.standin_eos_bias=-100" for m in cfg.models), *args.overrides]
+    if args.max_tokens:
+        args.overrides = [*(f"models.{m.name}.max_tokens={args.max_tokens}" for m in cfg.models), *args.overrides]
+    if not args.varied:  # every answer runs to max_tokens on both sides
+        args.overrides = [*(f"models.{m.name}.standin_eos_bias=-100" for m in cfg.models), *args.overrides]
+    cfg = load_config(args.config, ["input=x", "output=y", *args.overrides])
+    bias = {m.name: -100.0 if not args.varied else
+            standin_eos_bias(m.name) if m.standin_eos_bias is None else m.standin_eos_bias for m in cfg.models}
     sampling = {(m.max_tokens, m.temperature, m.top_p) for m in cfg.models}
     if len(sampling) != 1 or not cfg.generation.standin:
         sys.exit("the baseline needs one stand-in engine and one sampling setting shared by every pool model")
@@ -103,8 +119,16 @@ def main() -> None:
         with open(os.path.join(out, "_report.json")) as f:
             report = json.load(f)
         tokens = sum(m.get("output_tokens_sum") or 0 for m in report["models"])
+        import pyarrow.dataset as pads
 
-        spec = dict(input=inp, weights=weights, dtype="float32", max_model_len=max_len,
+        answered = pads.dataset(out, format="parquet").to_table(columns=["id", "prompt", "model", "status"]).to_pylist()
+        base_inp = os.path.join(d, "baseline.jsonl")
+        with open(base_inp, "w") as f:  # the rows the pipeline answered, each with its model's sampling
+            for r in answered:
+                if r["status"] == "ok":
+                    f.write(json.dumps({"prompt": r["prompt"], "bias": bias[r["model"]]}) + "\n")
+
+        spec = dict(input=base_inp, weights=weights, dtype="float32", max_model_len=max_len,
                     sampling=dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p))  # fmt: skip
         base = {}
         for in_process in (False, True):
@@ -123,7 +147,8 @@ def main() -> None:
                  (f"LLM.generate, {how}: incl. engine start", b["tokens"], b["with_start_s"])]  # fmt: skip
     rows.append(("pipeline: router run, whole wall time", tokens, pipeline_s))
     b = base[True]
-    print(f"\n{args.rows} prompts, max_tokens {max_tokens}, stand-in {weights}, {os.cpu_count()} CPUs")
+    lengths = "varied lengths (each model's stand-in)" if args.varied else "every answer at max_tokens"
+    print(f"\n{args.rows} prompts, max_tokens {max_tokens}, {lengths}, stand-in {weights}, {os.cpu_count()} CPUs")
     print(f"{'what':66} {'out tokens':>10} {'seconds':>8} {'tokens/s':>9} {'vs started':>10} {'vs incl. start':>14}")
     ref, ref_start = b["tokens"] / b["generate_s"], b["tokens"] / b["with_start_s"]
     for name, tok, sec in rows:

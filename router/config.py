@@ -282,6 +282,14 @@ class GenerationSpec:
     Routing, grouping, token accounting and cost stay real; the answers are noise."""
     batch_size: int = 256
     """Rows handed to an engine per call: vLLM batches them internally."""
+    calls_in_flight: int | None = None
+    """Calls of batch_size rows one engine holds at once (threads of its actor). vLLM takes every
+    call's rows into one running batch, so the next calls' rows wait in the engine while the
+    current ones finish. A call returns only with its longest answer, so with answers of very
+    different lengths many calls must be open to keep the batch full. None (auto): 16 of vLLM's
+    default running batches (256 sequences on the CPU build: 16 calls of 256; up to 1024 on large
+    GPUs: 64 calls); an endpoint's engine takes 2 (its requests in flight are `concurrency`), a
+    transformers engine 1."""
     shard_rows: int = 4096
     """Rows per committed output file. Finished rows are committed in shards of about this size as
     they come; a job stopped half-way and run again with the same output resumes after them."""
@@ -378,6 +386,8 @@ class GenerationSpec:
         if self.in_process is not None and not isinstance(self.in_process, bool):
             raise ConfigError(f"generation.in_process must be true, false or null (auto), got {self.in_process!r}")
         object.__setattr__(self, "batch_size", _positive_int(self.batch_size, "generation.batch_size"))
+        if self.calls_in_flight is not None:
+            object.__setattr__(self, "calls_in_flight", _positive_int(self.calls_in_flight, "generation.calls_in_flight"))
         object.__setattr__(self, "shard_rows", _positive_int(self.shard_rows, "generation.shard_rows"))
         self._check_vllm_settings()
 

@@ -11,6 +11,8 @@ EMBEDDING = "embedding"
 QUALITY = "quality"  # list<float32>[M]: predicted quality per model
 COST = "cost_matrix"  # list<float32>[M]: predicted cost per model (NaN: model cannot take the row)
 EST_INPUT_TOKENS = "est_input_tokens"
+EST_OUTPUT_TOKENS = "est_output_tokens"  # the routed model's predicted answer length (engines start the longest first)
+OUTPUT_MATRIX = "output_tokens_matrix"  # list<float32>[M]: predicted answer tokens per model
 CAPABILITIES = "capabilities"  # list<string>: the row's top capabilities, most important first
 DOMAINS = "domains"  # list<string>: the row's top knowledge domains
 HULL = "price_hull"  # list<struct<lam, model>>: the row's walk down its hull (router.budget.Hulls)
@@ -52,4 +54,4 @@ OUTPUT_COLUMNS = (
     DOMAINS,
 )
 # Working columns dropped before writing.
-INTERNAL_COLUMNS = (EMBEDDING, QUALITY, COST, EST_INPUT_TOKENS, HULL)
+INTERNAL_COLUMNS = (EMBEDDING, QUALITY, COST, EST_INPUT_TOKENS, HULL, OUTPUT_MATRIX, EST_OUTPUT_TOKENS)

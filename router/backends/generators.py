@@ -11,7 +11,15 @@ only in sampling settings and prices; each row's `model` column picks them. Back
 Use one as
 
     ds.map_batches(VLLMGenerator, fn_constructor_kwargs={...}, batch_format="pyarrow",
-                   compute=ray.data.ActorPoolStrategy(size=n), num_cpus=..., num_gpus=...)
+                   compute=ray.data.ActorPoolStrategy(size=n, max_concurrent_calls_per_actor=k,
+                                                      enable_true_multi_threading=True),
+                   num_cpus=..., num_gpus=...)
+
+Calls may run at once on one generator (threads): vLLM's engine takes every call's rows into one
+running batch (`router.backends.feeding.EngineLoop`), so with k calls in flight the next call's
+rows wait in the engine while the current ones finish, and the engine never drains between calls
+(`engine_calls_in_flight` says how many). The endpoint backend shares its bounded pool of requests
+across calls; the transformers backend runs one call at a time.
 
 Each row comes back with its response, token counts, finish reason, actual cost and status; a
 row the engine cannot take is marked `generation_error` without failing its batch.
@@ -20,6 +28,7 @@ row the engine cannot take is marked `generation_error` without failing its batc
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +39,7 @@ import pyarrow as pa
 
 from router import schema as S
 from router.config import ModelSpec, checked_sampling
+from router.backends.feeding import EngineLoop
 from router.backends.tokens import render_ids
 from router.cost import TEMPLATE_TOKENS, token_usd
 
@@ -93,6 +103,9 @@ class _Result:
     """Why it was not answered (`schema.REFUSED`: the hard budget left could not cover its worst case)."""
     cost: float | None = None
     """What answering it cost, USD (`Generator._charge`)."""
+    engine_s: float | None = None
+    """Its share of the engine's busy seconds, where the engine tells them apart (vLLM's
+    `EngineLoop`); None: the call's seconds are shared by tokens."""
 
 
 class EngineStartError(RuntimeError):
@@ -125,6 +138,9 @@ class Generator:
     admitted, and each admitted call is settled with its actual cost. None: no admission."""
 
     BACKEND = ""
+    CONCURRENT = True
+    """Whether calls running at once (threads of one actor) share the engine (False: they take
+    turns, and one call in flight is enough)."""
     RENDERS_TOKENS = True
     """Whether `render` gives token ids (a local engine: the context is checked here) or the text
     the engine takes (an API: it counts and checks itself)."""
@@ -139,6 +155,7 @@ class Generator:
         self._max_model_len = 0
         self._ledger = ledger
         self._open_tickets: set[int] = set()
+        self._render_lock = threading.Lock()  # calls at once: one tokenizer
         if ledger is not None and hasattr(ledger, "restarted"):
             ledger.restarted()  # an engine started again: what its earlier life held is freed
 
@@ -189,9 +206,8 @@ class Generator:
             else:
                 runnable.append(i)
 
-        token_ids = (
-            dict(zip(runnable, self.render([prompts[i] for i in runnable]))) if runnable else {}
-        )
+        with self._render_lock:
+            token_ids = dict(zip(runnable, self.render([prompts[i] for i in runnable]))) if runnable else {}
         to_generate = []
         for i in runnable:
             ids = token_ids[i]
@@ -209,6 +225,11 @@ class Generator:
             else:
                 to_generate.append(i)
 
+        if S.EST_OUTPUT_TOKENS in batch.column_names:
+            # Longest predicted answer first: the call's long answers start at once, beside its
+            # short ones, instead of last with the engine draining around them.
+            predicted = batch.column(S.EST_OUTPUT_TOKENS).fill_null(0).to_numpy(zero_copy_only=False)
+            to_generate.sort(key=lambda i: -predicted[i])
         if self._ledger is None:
             self._generate_charged(to_generate, token_ids, names, results)
         else:
@@ -264,7 +285,9 @@ class Generator:
     def _charge(self, rows: list[int], names: list[Any], results: dict[int, _Result], seconds: float) -> None:
         """Each answered row of one engine call its actual cost: its tokens at its model's token
         prices, or (a model priced by GPU time) its share, by prompt plus answer tokens, of the
-        `seconds` the call took on the engine's GPUs."""
+        `seconds` the call took on the engine's GPUs (or, where the engine measured it, the row's own
+    share of the engine's time: `_Result.engine_s`; calls running at once then are not charged
+    their common seconds twice)."""
         answered = [i for i in rows if results[i].error is None]
         tokens = {i: (results[i].input_tokens or 0) + (results[i].output_tokens or 0) for i in answered}
         total = sum(tokens.values())
@@ -273,8 +296,9 @@ class Generator:
             if m.gpu_hour_price is None:
                 r.cost = token_usd(r.input_tokens, r.output_tokens, m.input_price, m.output_price)
             else:
-                share = tokens[i] / total if total else 1.0 / len(answered)
-                r.cost = seconds * share * m.gpus * m.gpu_hour_price / 3600.0
+                if r.engine_s is None:
+                    r.engine_s = seconds * (tokens[i] / total if total else 1.0 / len(answered))
+                r.cost = r.engine_s * m.gpus * m.gpu_hour_price / 3600.0
 
     def _release(self) -> None:
         """Free this engine's reservations before its process ends (its batches will be retried)."""
@@ -340,7 +364,8 @@ class Generator:
         error = existing(S.ERROR, pa.string())
         status = list(statuses)
         names = batch.column(S.MODEL).to_pylist()
-        # Rows passed through untouched took no part in the work, so they get no share of it.
+        # Rows passed through untouched took no part in the work, so they get no share of it. A
+        # row's engine seconds where the engine measured them; else the call's, shared evenly.
         per_row = elapsed / len(results) if results else 0.0
 
         for i, r in results.items():
@@ -348,7 +373,7 @@ class Generator:
             input_tokens[i] = r.input_tokens
             output_tokens[i] = r.output_tokens
             finish[i] = r.finish_reason
-            seconds[i] = per_row
+            seconds[i] = r.engine_s if r.engine_s is not None else per_row
             error[i] = r.error
             if r.error == S.REFUSED:
                 status[i] = S.OVER_BUDGET
@@ -450,10 +475,12 @@ class VLLMGenerator(Generator):
         self.in_process = bool(in_process)
         kwargs.update(engine_kwargs or {})
         self._sampling_params_cls = vllm.SamplingParams
-        try:
-            self._llm = vllm.LLM(**kwargs)
+        self._params: dict[str, Any] = {}
+        try:  # built in the thread that then drives it (`EngineLoop`)
+            self._loop = EngineLoop(lambda: vllm.LLM(**kwargs))
         except Exception as exc:  # the job reports it in one line (router.job.engines.engine_failure)
             raise EngineStartError(weights, _one_line(exc)[:2000]) from exc
+        self._llm = self._loop.llm
         self._tokenizer = self._llm.get_tokenizer()
         self._max_model_len: int = self._llm.llm_engine.model_config.max_model_len
 
@@ -462,8 +489,17 @@ class VLLMGenerator(Generator):
         """The `vllm.LLM` engine this stage answers with."""
         return self._llm
 
+    @property
+    def max_running(self) -> int:
+        """Requests the engine runs at once (vLLM's max_num_seqs): calls in flight should hold
+        more than this, so that the engine never waits for the next call."""
+        return self._loop.max_running
+
     def close(self) -> None:
-        """Stop the engine's worker processes now rather than when the object is collected."""
+        """Stop the engine's loop and worker processes now rather than when the object is collected."""
+        loop = self.__dict__.pop("_loop", None)
+        if loop is not None:
+            loop.close()
         llm = self.__dict__.pop("_llm", None)
         if llm is None:
             return
@@ -472,26 +508,31 @@ class VLLMGenerator(Generator):
             core.shutdown()
 
     def _sampling_params(self, name: str):
-        m = self._models[name]
-        return self._sampling_params_cls(
-            max_tokens=m.max_tokens, temperature=m.temperature, top_p=m.top_p, seed=m.seed,
-            logit_bias={self._tokenizer.eos_token_id: m.eos_bias} if m.eos_bias else None,
-        )
+        """The model's sampling settings, made once: vLLM copies them into each request."""
+        made = self._params.get(name)
+        if made is None:
+            m = self._models[name]
+            made = self._params[name] = self._sampling_params_cls(
+                max_tokens=m.max_tokens, temperature=m.temperature, top_p=m.top_p, seed=m.seed,
+                logit_bias={self._tokenizer.eos_token_id: m.eos_bias} if m.eos_bias else None,
+            )
+        return made
 
     def _run(self, rows: list[int], token_ids: dict[int, list[int]], names: list[Any]) -> list[_Result]:
-        outputs = self._llm.generate(
-            [{"prompt_token_ids": token_ids[i]} for i in rows],
-            [self._sampling_params(names[i]) for i in rows],
-            use_tqdm=False,
+        """The rows' requests join the engine's running batch at its next step, beside those of
+        the calls running at once (`EngineLoop`); returns when the last of them is done."""
+        answers = self._loop.generate(
+            [{"prompt_token_ids": token_ids[i]} for i in rows], [self._sampling_params(names[i]) for i in rows]
         )
         return [
             _Result(
-                response=out.outputs[0].text,
-                input_tokens=len(out.prompt_token_ids),
-                output_tokens=len(out.outputs[0].token_ids),
-                finish_reason=out.outputs[0].finish_reason,
+                response=a.output.outputs[0].text,
+                input_tokens=len(a.output.prompt_token_ids),
+                output_tokens=len(a.output.outputs[0].token_ids),
+                finish_reason=a.output.outputs[0].finish_reason,
+                engine_s=a.engine_s,
             )
-            for out in outputs
+            for a in answers
         ]
 
 
@@ -500,6 +541,7 @@ class TransformersGenerator(Generator):
     is not installed, and a parity check (fp32 greedy decoding gives vLLM's tokens)."""
 
     BACKEND = "transformers"
+    CONCURRENT = False  # Hugging Face `generate` answers one batch at a time
 
     def __init__(
         self,
@@ -532,6 +574,7 @@ class TransformersGenerator(Generator):
         if not limits:
             raise ValueError(f"{weights}: give max_model_len (the model's config names no context length)")
         self._max_model_len = min(limits)
+        self._turn = threading.Lock()
         self._eos = {int(t) for t in np.atleast_1d(self._model.generation_config.eos_token_id or [])}
         self._pad = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else min(self._eos, default=0)
 
@@ -539,6 +582,10 @@ class TransformersGenerator(Generator):
         self.__dict__.pop("_model", None)
 
     def _run(self, rows: list[int], token_ids: dict[int, list[int]], names: list[Any]) -> list[_Result]:
+        with self._turn:  # calls at once take turns
+            return self._run_batch(rows, token_ids, names)
+
+    def _run_batch(self, rows: list[int], token_ids: dict[int, list[int]], names: list[Any]) -> list[_Result]:
         """Rows that share sampling settings and room for the answer run as one left-padded batch."""
         torch = self._torch
         groups: dict[tuple[str, int], list[int]] = {}
@@ -597,9 +644,14 @@ class OpenAIGenerator(Generator):
         max_model_len: int | None = None,
         concurrency: int = 32,
         timeout_s: float = 600.0,
+        max_retries: int = 5,
         ledger: Any = None,
         **_: Any,  # engine settings (dtype, tensor parallelism) are the server's business
     ) -> None:
+        """`concurrency`: the most requests this engine has at the endpoint, whatever the calls
+        running at once. `max_retries`: a request answered 408, 409, 429 or 5xx (or not at all) is
+        sent again this often, after an exponential backoff or the wait the endpoint asks for
+        (`retry-after`); then its row fails alone."""
         super().__init__(models, ledger)
         if any(m.eos_bias for m in self._models.values()):
             raise ValueError("eos_bias needs the engine's own tokenizer; an endpoint's is not known here")
@@ -613,14 +665,22 @@ class OpenAIGenerator(Generator):
             if not key:
                 raise EngineStartError(base_url, f"the environment variable {api_key_env} (the API key) is not set", "openai")
         self._served = weights  # the model's name at the endpoint
-        self._client = openai.OpenAI(base_url=base_url, api_key=key or "none", timeout=timeout_s, max_retries=3)
+        self._client = openai.OpenAI(base_url=base_url, api_key=key or "none", timeout=timeout_s,
+                                     max_retries=max_retries)  # fmt: skip
         self._max_model_len = max_model_len or 0
-        self._concurrency = max(1, concurrency)
+        from concurrent.futures import ThreadPoolExecutor
+
+        # One pool for every call at once: the endpoint never has more than `concurrency` of this
+        # engine's requests, and a call's requests join it while the last call's finish.
+        self._pool = ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="endpoint")
 
     def render(self, prompts: Sequence[str]) -> list[Any]:
         return list(prompts)  # the endpoint applies the model's chat template itself
 
     def close(self) -> None:
+        pool = self.__dict__.pop("_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
         client = self.__dict__.pop("_client", None)
         if client is not None:
             client.close()
@@ -645,10 +705,7 @@ class OpenAIGenerator(Generator):
         )
 
     def _run(self, rows: list[int], token_ids: dict[int, Any], names: list[Any]) -> list[_Result]:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(min(self._concurrency, len(rows))) as pool:
-            return list(pool.map(lambda i: self._ask(token_ids[i], names[i]), rows))
+        return list(self._pool.map(lambda i: self._ask(token_ids[i], names[i]), rows))
 
 
 BACKENDS = {"vllm": VLLMGenerator, "transformers": TransformersGenerator, "openai": OpenAIGenerator}

@@ -35,11 +35,6 @@ from router.job.prestart import EngineStart, StartedEngines
 from router.job.result import Phase, PoolRun, RunResult
 from router.job.schedule import format_schedule
 
-# Engine calls in flight per started engine when the driver feeds it: one answering, the next
-# waiting at it, so the engine never waits for the driver.
-CALLS_IN_FLIGHT = 2
-
-
 def generate_and_write(cfg: JobConfig, assigned, result: RunResult, started: StartedEngines | None = None, *,
                        by_model: list | None = None, ledger: Any = None, keep_refused: bool = True,
                        last: bool = True, wave: str = "") -> list[PoolRun]:
@@ -186,13 +181,14 @@ def engine_calls(cfg: JobConfig, rows):
 
 def feed_through_feeders(cfg: JobConfig, rows, started: StartedEngines, fence: str, keep_refused: bool = True) -> Committed:
     """A Ray Data pass of feeder actors handing the rows to the started engines."""
-    return write_shards(cfg, build.feed(cfg, started.actors).apply(engine_calls(cfg, rows)), fence, keep_refused)
+    return write_shards(cfg, build.feed(cfg, started.actors, started.calls).apply(engine_calls(cfg, rows)), fence,
+                        keep_refused)  # fmt: skip
 
 
 def feed_from_driver(cfg: JobConfig, rows: Iterable[pa.Table], started: StartedEngines, fence: str,
                      keep_refused: bool = True) -> Committed:
     """A small job's rows for started engines, fed from the driver: calls of generation.batch_size
-    rows, CALLS_IN_FLIGHT per engine, answers committed in shards of about generation.shard_rows as
+    rows, as many in flight per engine as it runs at once (`StartedEngines.calls`), answers committed in shards of about generation.shard_rows as
     they come. A Ray Data pass here would first start its feeder actors and task workers (seconds
     before the first batch reached the engine); the engines' restarts and retries are
     the same either way (`engine_restarts`)."""
@@ -207,7 +203,7 @@ def feed_from_driver(cfg: JobConfig, rows: Iterable[pa.Table], started: StartedE
 
     def send() -> None:
         for i, engine in enumerate(started.actors):
-            while load[i] < CALLS_IN_FLIGHT:
+            while load[i] < started.calls:
                 batch = next(calls, None)
                 if batch is None:
                     return

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from router import schema as S
 from router.config import JobConfig
 from router.job.cluster import ROUTE_BATCH
-from router.job.engines import EnginePool, engine_restarts, engine_settings, standin_weights
+from router.job.engines import EnginePool, engine_calls_in_flight, engine_restarts, engine_settings, standin_weights
 from router.job.output import commit_shard, finalize
 from router.stages.route import RoutePlan
 
@@ -41,13 +41,21 @@ class StageSpec:
     """Rows per call (None: a block per call)."""
     actors: dict[str, int] | None = None
     """A class's actor pool (`ActorPoolStrategy`: size, or min_size and max_size)."""
+    calls: int = 1
+    """Calls each actor runs at once, in threads of its own (the class must be thread-safe)."""
     ray_remote_args_fn: Callable[[], dict[str, Any]] | None = None
 
     def apply(self, ds):
         """`ds` with this stage added (lazily, as Ray Data adds stages)."""
         import ray
 
-        compute = None if self.actors is None else ray.data.ActorPoolStrategy(**self.actors)
+        compute = None
+        if self.actors is not None:
+            at_once = {}
+            if self.calls > 1:
+                at_once = dict(max_concurrent_calls_per_actor=self.calls, max_tasks_in_flight_per_actor=self.calls,
+                               enable_true_multi_threading=True)  # fmt: skip
+            compute = ray.data.ActorPoolStrategy(**self.actors, **at_once)
         return ds.map_batches(
             self.fn, fn_kwargs=self.fn_kwargs, fn_constructor_kwargs=self.fn_constructor_kwargs, compute=compute,
             batch_size=self.batch_size, batch_format="pyarrow", num_cpus=self.num_cpus, num_gpus=self.num_gpus,
@@ -145,25 +153,28 @@ def rows_for(models: list[str] | None) -> StageSpec:
 
 
 def generate(cfg: JobConfig, pool: EnginePool, ledger: Any = None) -> StageSpec:
-    """The pool's generator in Ray Data actors (Ray Data starts the engines); a dead engine is
-    replaced and its batch retried (`engine_restarts`). `ledger`: the hard budget's, or None."""
+    """The pool's generator in Ray Data actors (Ray Data starts the engines), each running
+    `engine_calls_in_flight` calls at once; a dead engine is replaced and its batch retried
+    (`engine_restarts`). `ledger`: the hard budget's, or None."""
     from router.backends.generators import BACKENDS
 
     engine = pool.engine
     kwargs, resources = engine_settings(cfg, engine, pool.members, pool.on_gpu, standin_weights(cfg)[1], ledger)
     return StageSpec(
         BACKENDS[engine.backend], **resources, actors=dict(size=pool.replicas), batch_size=cfg.generation.batch_size,
-        fn_constructor_kwargs=kwargs, ray_remote_args_fn=partial(engine_restarts, cfg.generation.engine_retries),
+        calls=engine_calls_in_flight(cfg.generation, engine.backend, pool.on_gpu), fn_constructor_kwargs=kwargs,
+        ray_remote_args_fn=partial(engine_restarts, cfg.generation.engine_retries),
     )  # fmt: skip
 
 
-def feed(cfg: JobConfig, engines: list[Any]) -> StageSpec:
-    """Feeders of engines started earlier (`EngineFeeder`): two per engine, one batch in the engine
-    and the next waiting at it. They only wait on the engines: no CPU of their own."""
+def feed(cfg: JobConfig, engines: list[Any], calls: int) -> StageSpec:
+    """Feeders of engines started earlier (`EngineFeeder`): one per engine, each with `calls`
+    batches in flight (the calls each engine runs at once), so that the engines always hold their
+    next batches. They only wait on the engines: no CPU of their own."""
     from router.stages.generate import EngineFeeder
 
-    return StageSpec(EngineFeeder, num_cpus=0, actors=dict(size=2 * len(engines)), batch_size=cfg.generation.batch_size,
-                     fn_constructor_kwargs=dict(hosts=engines))  # fmt: skip
+    return StageSpec(EngineFeeder, num_cpus=0, actors=dict(size=len(engines)), calls=calls,
+                     batch_size=cfg.generation.batch_size, fn_constructor_kwargs=dict(hosts=engines))  # fmt: skip
 
 
 def finalize_rows(cfg: JobConfig, keep_refused: bool = True) -> StageSpec:

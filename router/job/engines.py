@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from router.config import JobConfig, ModelSpec
+from router.config import GenerationSpec, JobConfig, ModelSpec
 from router.errors import JobFailed
 from router.job.cluster import gpus_available, log, wants_gpus
 from router.job.schedule import PoolLoad, Schedule, ScheduleError, plan_schedule
@@ -183,6 +183,33 @@ def engine_settings(cfg: JobConfig, engine: Engine, members: Sequence[ModelSpec]
         kwargs["in_process"] = (not on_gpu and tp == 1) if in_process is None else in_process
         kwargs.update(enforce_eager=cfg.generation.enforce_eager, engine_kwargs=cfg.generation.vllm_engine_args())
     return kwargs, dict(num_gpus=tp if on_gpu else 0, num_cpus=1)  # transformers: CPUs only
+
+
+# vLLM's default running batch (max_num_seqs) for offline use: on large GPUs (H100, H200, B200)
+# and on the CPU build; other GPUs take 256, which this covers too.
+VLLM_RUNNING_BATCH = {"gpu": 1024, "cpu": 256}
+# Rows in flight per engine, in running batches. A call returns only when its longest answer is
+# done, so with heavy-tailed lengths most open calls hold only a long answer or two: the engine
+# needs many calls open to keep its batch full (bench/feeding.py: 2,048 rows in flight on the CPU
+# build kept 64% of one LLM.generate, 4,096 rows 76-83%, 8,192 rows 79%).
+ROWS_IN_FLIGHT = 16
+
+
+def engine_calls_in_flight(generation: GenerationSpec, backend: str, on_gpu: bool) -> int:
+    """Calls one engine actor runs at once (`generation.calls_in_flight`; auto: calls of batch_size
+    rows holding ROWS_IN_FLIGHT of vLLM's running batches, so that the engine's batch stays full
+    while open calls wait for their longest answers; 2 for an endpoint, whose requests in flight
+    are bounded apart; 1 where the engine answers a call at a time)."""
+    from router.backends.generators import BACKENDS
+
+    if not BACKENDS[backend].CONCURRENT:
+        return 1
+    if generation.calls_in_flight is not None:
+        return generation.calls_in_flight
+    if backend != "vllm":
+        return 2
+    running = VLLM_RUNNING_BATCH["gpu" if on_gpu else "cpu"]
+    return math.ceil(ROWS_IN_FLIGHT * running / generation.batch_size)
 
 
 def engine_restarts(retries: int) -> dict[str, Any]:

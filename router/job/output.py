@@ -244,7 +244,7 @@ def finalize(batch: pa.Table, text_column: str, keep_refused: bool = True) -> pa
     for name, t in types.items():
         if name not in batch.column_names:
             batch = batch.append_column(name, pa.nulls(n, t))
-    batch = batch.drop_columns([c for c in (S.EST_INPUT_TOKENS,) if c in batch.column_names])
+    batch = batch.drop_columns([c for c in (S.EST_INPUT_TOKENS, S.EST_OUTPUT_TOKENS) if c in batch.column_names])
     batch = batch.rename_columns([text_column if c == S.PROMPT else c for c in batch.column_names])
     first = [S.ID, text_column]
     ordered = first + [c for c in batch.column_names if c not in first and c not in S.OUTPUT_COLUMNS]

@@ -12,7 +12,9 @@ from typing import Any
 from router.config import JobConfig
 from router.errors import JobFailed
 from router.job.cluster import gpus_available, log, wants_gpus
-from router.job.engines import Engine, EnginePool, engine_groups, engine_restarts, engine_settings, standin_weights
+from router.job.engines import (
+    Engine, EnginePool, engine_calls_in_flight, engine_groups, engine_restarts, engine_settings, standin_weights,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,8 @@ class StartedEngines:
     actors: list[Any]
     created: float
     """time.time() when they were created (an engine tells when it was ready in the same clock)."""
+    calls: int = 1
+    """Calls each engine runs at once (`engine_calls_in_flight`)."""
     busy_told: float = 0.0
     """Seconds of answering that earlier passes' `usage` already told (a job answers in waves)."""
     start_told: bool = False
@@ -133,7 +137,10 @@ def start_engines(cfg: JobConfig, ledger: Any = None) -> StartedEngines | None:
         # A quarter CPU while the encoders run beside it (the CPU stages' actors take the rest of a
         # 2-CPU node); its rows come after encoding, when those actors are gone.
         resources["num_cpus"] = 0.25
-    actor = ray.remote(EngineActor).options(**resources, **engine_restarts(cfg.generation.engine_retries))
-    started = StartedEngines(engine, [actor.remote(engine.backend, kwargs) for _ in range(pool.replicas)], time.time())
+    calls = engine_calls_in_flight(cfg.generation, engine.backend, pool.on_gpu)
+    actor = ray.remote(EngineActor).options(**resources, **engine_restarts(cfg.generation.engine_retries),
+                                            max_concurrency=calls)  # fmt: skip
+    engines = [actor.remote(engine.backend, kwargs) for _ in range(pool.replicas)]
+    started = StartedEngines(engine, engines, time.time(), calls=calls)
     log(f"generate: starting {pool.replicas} engine(s) of {engine.weights} ({engine.backend}) while the prompts are encoded")
     return started

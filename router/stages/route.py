@@ -168,6 +168,7 @@ class Scorer:
             .append_column(S.EST_INPUT_TOKENS, pa.array(in_tokens if in_tokens.ndim == 1 else in_tokens.max(axis=1).astype(np.int64)))
             .append_column(S.QUALITY, _matrix_column(quality))
             .append_column(S.COST, _matrix_column(cost32))
+            .append_column(S.OUTPUT_MATRIX, _matrix_column(np.broadcast_to(out_tokens, cost.shape).astype(np.float32)))
             .append_column(S.CAPABILITIES, _names_column(p.capability_names, ann.capabilities))
             .append_column(S.DOMAINS, _names_column(p.domain_names, ann.domains))
             .append_column(S.HULL, _hull_column(hulls))
@@ -249,18 +250,23 @@ class Assigner:
         cells = np.arange(0, len(choice) * quality.shape[1], quality.shape[1]) + safe
         q = quality.ravel().take(cells).astype(np.float64)
         c = cost.ravel().take(cells).astype(np.float64)
+        # The chosen model's predicted answer length: its engine starts the longest first.
+        answer = matrix_from_column(batch[S.OUTPUT_MATRIX]).ravel().take(cells) if S.OUTPUT_MATRIX in batch.column_names else None
         status = batch[S.STATUS]
         skipped = pc.and_(pc.equal(status, S.OK), pa.array(~chosen))
         status = pc.if_else(skipped, S.OVER_BUDGET, status)
         error = pc.if_else(skipped, self.skipped, batch[S.ERROR])
         model = pa.array(list(self.models), pa.string()).take(pa.array(safe))
         model = pc.if_else(pa.array(chosen), model, pa.scalar(None, pa.string()))
-        working = [S.QUALITY, S.COST, S.STATUS, S.ERROR, S.HULL]
+        working = [S.QUALITY, S.COST, S.STATUS, S.ERROR, S.HULL, S.OUTPUT_MATRIX]
         out = batch.drop_columns([c for c in working if c in batch.column_names])
-        return (
+        out = (
             out.append_column(S.MODEL, model)
             .append_column(S.STATUS, status)
             .append_column(S.ERROR, error)
             .append_column(S.PREDICTED_QUALITY, pa.array(q, pa.float64(), mask=~chosen))
             .append_column(S.PREDICTED_COST, pa.array(c, pa.float64(), mask=~chosen))
         )
+        if answer is not None:
+            out = out.append_column(S.EST_OUTPUT_TOKENS, pa.array(answer, pa.float32(), mask=~chosen))
+        return out
