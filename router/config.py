@@ -290,6 +290,9 @@ class GenerationSpec:
     default running batches (256 sequences on the CPU build: 16 calls of 256; up to 1024 on large
     GPUs: 64 calls); an endpoint's engine takes 2 (its requests in flight are `concurrency`), a
     transformers engine 1."""
+    cpu_threads: int | None = None
+    """Compute threads of each engine on vLLM's CPU build. None: the cores of the machine the job
+    starts on, shared by the pool's replicas (a laptop); set it on a cluster of CPU nodes."""
     shard_rows: int = 4096
     """Rows per committed output file. Finished rows are committed in shards of about this size as
     they come; a job stopped half-way and run again with the same output resumes after them."""
@@ -386,6 +389,8 @@ class GenerationSpec:
         if self.in_process is not None and not isinstance(self.in_process, bool):
             raise ConfigError(f"generation.in_process must be true, false or null (auto), got {self.in_process!r}")
         object.__setattr__(self, "batch_size", _positive_int(self.batch_size, "generation.batch_size"))
+        if self.cpu_threads is not None:
+            object.__setattr__(self, "cpu_threads", _positive_int(self.cpu_threads, "generation.cpu_threads"))
         if self.calls_in_flight is not None:
             object.__setattr__(self, "calls_in_flight", _positive_int(self.calls_in_flight, "generation.calls_in_flight"))
         object.__setattr__(self, "shard_rows", _positive_int(self.shard_rows, "generation.shard_rows"))

@@ -56,3 +56,29 @@ def test_settings_given_as_a_mapping_are_checked_by_the_configs_rules():
         ModelSettings.from_dict("m", {"max_tokens": 8, "input_price": 1, "output_price": 1, "top_p": 0})
     with pytest.raises(ConfigError, match=r"models\.m\.input_price must be a finite number >= 0"):
         ModelSettings.from_dict("m", {"max_tokens": 8, "input_price": float("inf"), "output_price": 1})
+
+
+def test_engines_hold_enough_calls_to_stay_full():
+    from router.job.engines import engine_calls_in_flight
+
+    # vLLM: 16 running batches of rows in flight (256 sequences on the CPU build, 1024 on large GPUs).
+    assert engine_calls_in_flight(GenerationSpec(), "vllm", on_gpu=False) == 16
+    assert engine_calls_in_flight(GenerationSpec(), "vllm", on_gpu=True) == 64
+    assert engine_calls_in_flight(GenerationSpec(batch_size=1024), "vllm", on_gpu=True) == 16
+    assert engine_calls_in_flight(GenerationSpec(), "openai", on_gpu=False) == 2
+    assert engine_calls_in_flight(GenerationSpec(), "transformers", on_gpu=False) == 1  # one call at a time
+    assert engine_calls_in_flight(GenerationSpec(calls_in_flight=3), "vllm", on_gpu=True) == 3
+    with pytest.raises(ConfigError, match="generation.calls_in_flight"):
+        GenerationSpec(calls_in_flight=0)
+
+
+def test_a_cpu_engine_takes_its_share_of_the_cores():
+    import os
+
+    cfg = load_config(CONFIG, ["input=x", "output=y"])
+    engine, members = next(iter(engine_groups(cfg, lambda m: m.weights).items()))
+    cores = os.cpu_count() or 1
+    assert engine_settings(cfg, engine, members, False, None, replicas=1)[0]["cpu_threads"] == cores
+    assert engine_settings(cfg, engine, members, False, None, replicas=2 * cores)[0]["cpu_threads"] == 1
+    assert settings_of("generation.cpu_threads=3")["cpu_threads"] == 3
+    assert "cpu_threads" not in settings_of(on_gpu=True)  # a GPU engine's threads are vLLM's business

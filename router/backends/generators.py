@@ -28,6 +28,7 @@ row the engine cannot take is marked `generation_error` without failing its batc
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -443,15 +444,22 @@ class VLLMGenerator(Generator):
         in_process: bool | None = None,
         enforce_eager: bool | None = None,
         engine_kwargs: dict | None = None,
+        cpu_threads: int | None = None,
         ledger: Any = None,
     ) -> None:
         """`enforce_eager` None: eager on vLLM's CPU build (which has no CUDA graphs; not eager, it
         compiles the model with inductor at start), CUDA graphs on a GPU. `engine_kwargs`: more of
-        `vllm.LLM`'s keyword arguments, passed as they are. `ledger`: see `Generator`."""
+        `vllm.LLM`'s keyword arguments, passed as they are. `cpu_threads`: the compute threads of
+        an engine on vLLM's CPU build (None: as the process has them; a Ray actor has one per CPU
+        it asked for, at least one). `ledger`: see `Generator`."""
         super().__init__(models, ledger)
 
         # Without this vLLM's CPU backend reserves most of the machine's memory for KV cache.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        if cpu_threads:  # read by OpenMP when torch loads, and by vLLM's CPU workers
+            os.environ["OMP_NUM_THREADS"] = str(cpu_threads)
+            if "torch" in sys.modules:
+                sys.modules["torch"].set_num_threads(cpu_threads)
         try:
             import vllm
             from vllm.platforms import current_platform

@@ -159,7 +159,8 @@ def generate(cfg: JobConfig, pool: EnginePool, ledger: Any = None) -> StageSpec:
     from router.backends.generators import BACKENDS
 
     engine = pool.engine
-    kwargs, resources = engine_settings(cfg, engine, pool.members, pool.on_gpu, standin_weights(cfg)[1], ledger)
+    kwargs, resources = engine_settings(cfg, engine, pool.members, pool.on_gpu, standin_weights(cfg)[1], ledger,
+                                        pool.replicas)  # fmt: skip
     return StageSpec(
         BACKENDS[engine.backend], **resources, actors=dict(size=pool.replicas), batch_size=cfg.generation.batch_size,
         calls=engine_calls_in_flight(cfg.generation, engine.backend, pool.on_gpu), fn_constructor_kwargs=kwargs,

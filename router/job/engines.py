@@ -153,7 +153,8 @@ def with_deadline(cfg: JobConfig) -> JobConfig:
 
 
 def engine_settings(cfg: JobConfig, engine: Engine, members: Sequence[ModelSpec], on_gpu: bool,
-                    context_limit: int | None, ledger: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
+                    context_limit: int | None, ledger: Any = None,
+                    replicas: int = 1) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
     """The generator's constructor arguments for one engine pool, and the Ray resources of each of
     its engine actors. `ledger`: the hard budget's (`router.job.ledger.LedgerClient`), or None."""
     from router.backends.generators import ModelSettings
@@ -182,6 +183,13 @@ def engine_settings(cfg: JobConfig, engine: Engine, members: Sequence[ModelSpec]
         in_process = cfg.generation.in_process
         kwargs["in_process"] = (not on_gpu and tp == 1) if in_process is None else in_process
         kwargs.update(enforce_eager=cfg.generation.enforce_eager, engine_kwargs=cfg.generation.vllm_engine_args())
+        if not on_gpu:
+            import os
+
+            # A CPU engine answers after encoding is done: it takes its share of the cores, not the
+            # one thread Ray gives an actor of one CPU (half the tokens/s on a 2-core machine).
+            threads = cfg.generation.cpu_threads or max(1, (os.cpu_count() or 1) // max(1, replicas))
+            kwargs["cpu_threads"] = threads
     return kwargs, dict(num_gpus=tp if on_gpu else 0, num_cpus=1)  # transformers: CPUs only
 
 

@@ -132,7 +132,8 @@ def start_engines(cfg: JobConfig, ledger: Any = None) -> StartedEngines | None:
     from router.stages.generate import EngineActor
 
     engine = pool.engine
-    kwargs, resources = engine_settings(cfg, engine, pool.members, pool.on_gpu, standin_weights(cfg)[1], ledger)
+    kwargs, resources = engine_settings(cfg, engine, pool.members, pool.on_gpu, standin_weights(cfg)[1], ledger,
+                                        pool.replicas)  # fmt: skip
     if not pool.on_gpu:
         # A quarter CPU while the encoders run beside it (the CPU stages' actors take the rest of a
         # 2-CPU node); its rows come after encoding, when those actors are gone.
