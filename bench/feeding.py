@@ -1,6 +1,7 @@
 """How well the generation stage keeps one engine busy when answers vary in length.
 
-    python bench/feeding.py [--rows 1024] [--batch 256] [--max-tokens 256] [--calls N]
+    python bench/feeding.py [--rows 4096] [--batch 256] [--max-tokens 256] [--calls N[,N...]] [--order]
+    python bench/feeding.py --model 1b --rows 20000 --max-tokens 512     # on a GPU machine with vLLM
 
 One started vLLM engine (the stand-in, vLLM's CPU build here) serves four pool models whose
 stand-ins answer at very different lengths (end-of-sequence biases from verbose to terse), so the
@@ -14,6 +15,11 @@ per-row sampling (greedy: the same tokens each time), are answered three ways:
   what the job runs, `engine_calls_in_flight`), every call's rows in one running batch;
 - one call at a time: the same calls one after another (each returns when its longest answer is
   done, so the running batch drains at the end of every call; the stage before continuous feeding).
+
+`--model 1b`: a random-weight model of about 1B parameters in Llama's shape (hidden 2048, 22
+layers), built on the machine on first use (no download), in bfloat16 with CUDA graphs on a GPU:
+the GPU check of continuous feeding. Where the machine has a GPU both sides run vLLM's default
+engine (its core in a process of its own); on a CPU both run it in-process, as the job does.
 
 Prints answer tokens per second over each one's generation span and its share of the baseline,
 and how the lengths are spread.
@@ -45,20 +51,46 @@ def rows(n: int) -> tuple[list[str], list[str]]:
     return [f"Question {i}: what is {i} times {i % 17}? Explain briefly." for i in range(n)], names
 
 
-def baseline(n: int, max_tokens: int) -> dict:
+# What `--model` builds: the stand-in every test uses, or ~1B parameters in Llama's shape.
+SHAPES = {"tiny": {}, "1b": dict(hidden_size=2048, layers=22, heads=32, vocab_size=32000)}
+
+
+def model(size: str) -> str:
+    """The weights for `--model` (built once, cached beside the stand-in)."""
+    from router.backends.standin import build_standin, default_standin_dir
+
+    where = default_standin_dir()
+    return str(build_standin(where if size == "tiny" else where.parent / f"random-llama-{size}", **SHAPES[size]))
+
+
+def on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def engine_args(gpu: bool) -> dict:
+    """Both sides' engine settings: the job's, for the device."""
+    from router.config import GenerationSpec
+
+    return dict(max_model_len=2048, dtype="bfloat16" if gpu else "float32", **GenerationSpec().vllm_engine_args())
+
+
+def baseline(n: int, max_tokens: int, size: str = "tiny") -> dict:
     """One `LLM.generate` over all the rows, in an engine built and driven by this process's main
     thread as a script using vLLM would; the chat turns rendered to tokens inside the span, as the
     stage renders them. Returns its seconds and each answer's length."""
     import vllm
 
-    from router.backends.standin import build_standin, default_standin_dir
     from router.backends.tokens import render_ids
-    from router.config import GenerationSpec
 
     prompts, names = rows(n)
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in-process, as the stage runs on a CPU
-    llm = vllm.LLM(model=str(build_standin(default_standin_dir())), max_model_len=2048, dtype="float32",
-                   enforce_eager=True, distributed_executor_backend="uni", **GenerationSpec().vllm_engine_args())  # fmt: skip
+    gpu = on_gpu()
+    if gpu:  # vLLM's defaults: CUDA graphs, the engine core in a process of its own
+        llm = vllm.LLM(model=model(size), **engine_args(gpu))
+    else:  # in-process and eager, as the stage runs on a CPU
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        llm = vllm.LLM(model=model(size), enforce_eager=True, distributed_executor_backend="uni", **engine_args(gpu))
     tokenizer = llm.get_tokenizer()
     sampling = {m: vllm.SamplingParams(max_tokens=max_tokens, temperature=0.0, logit_bias={tokenizer.eos_token_id: b})
                 for m, b in EOS_BIASES.items()}  # fmt: skip
@@ -74,6 +106,7 @@ def baseline(n: int, max_tokens: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=4096)
+    ap.add_argument("--model", choices=sorted(SHAPES), default="tiny", help="the stand-in, or ~1B random weights")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--calls", default=None, help="calls at once, or a list (8,16,32) to compare; default: the job's "
@@ -84,7 +117,7 @@ def main() -> None:
     ap.add_argument("--baseline-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.baseline_only:  # the baseline's own process (an engine each: two in one process slow each other)
-        print(json.dumps(baseline(args.rows, args.max_tokens)))
+        print(json.dumps(baseline(args.rows, args.max_tokens, args.model)))
         return
     from concurrent.futures import ThreadPoolExecutor
 
@@ -93,12 +126,12 @@ def main() -> None:
 
     from router import schema as S
     from router.backends.generators import ModelSettings, VLLMGenerator
-    from router.backends.standin import build_standin, default_standin_dir
     from router.config import GenerationSpec
     from router.job.engines import engine_calls_in_flight
 
     done = subprocess.run([sys.executable, __file__, "--baseline-only", "--rows", str(args.rows), "--max-tokens",
-                           str(args.max_tokens)], stdout=subprocess.PIPE, text=True, check=True)  # fmt: skip
+                           str(args.max_tokens), "--model", args.model], stdout=subprocess.PIPE, text=True,
+                          check=True)  # fmt: skip
     base = json.loads(done.stdout.strip().splitlines()[-1])
     base_s, lengths = base["seconds"], np.array(base["lengths"])
     base_tokens = int(lengths.sum())
@@ -107,10 +140,12 @@ def main() -> None:
     gen_spec = GenerationSpec(batch_size=args.batch)
     settings = {name: ModelSettings(max_tokens=args.max_tokens, input_price=0.0, output_price=0.0, temperature=0.0,
                                     eos_bias=bias) for name, bias in EOS_BIASES.items()}  # fmt: skip
-    gen = VLLMGenerator(str(build_standin(default_standin_dir())), models=settings, max_model_len=2048,
-                        dtype="float32", engine_kwargs=gen_spec.vllm_engine_args())  # fmt: skip
+    gpu = on_gpu()
+    args_ = engine_args(gpu)
+    gen = VLLMGenerator(model(args.model), models=settings, max_model_len=args_.pop("max_model_len"),
+                        dtype=args_.pop("dtype"), engine_kwargs=args_)  # fmt: skip
     calls = ([int(c) for c in args.calls.split(",")] if args.calls
-             else [engine_calls_in_flight(gen_spec, "vllm", on_gpu=False)])  # fmt: skip
+             else [engine_calls_in_flight(gen_spec, "vllm", on_gpu=gpu)])  # fmt: skip
     table = pa.table({S.ID: [str(i) for i in range(args.rows)], S.PROMPT: prompts, S.MODEL: names,
                       S.STATUS: [S.OK] * args.rows})  # fmt: skip
     if args.order:  # the prediction a router has: each model's mean answer length
@@ -131,7 +166,7 @@ def main() -> None:
         runs.append((f"one call of {args.batch} rows at a time", *stage(1)))
     gen.close()
 
-    print(f"{args.rows} rows, 4 pool models on one engine, max_tokens {args.max_tokens}; answer tokens: median "
+    print(f"{args.rows} rows, {args.model} model on {'a GPU' if gpu else 'the CPU'}, 4 pool models on one engine, max_tokens {args.max_tokens}; answer tokens: median "
           f"{np.median(lengths):.0f}, p90 {np.percentile(lengths, 90):.0f}, max {lengths.max()}, "
           f"{np.mean(lengths == args.max_tokens):.1%} at max_tokens")  # fmt: skip
     print(f"{'':40} {'seconds':>8} {'answer tokens':>14} {'tokens/s':>9} {'of baseline':>12}")
