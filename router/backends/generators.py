@@ -286,9 +286,9 @@ class Generator:
     def _charge(self, rows: list[int], names: list[Any], results: dict[int, _Result], seconds: float) -> None:
         """Each answered row of one engine call its actual cost: its tokens at its model's token
         prices, or (a model priced by GPU time) its share, by prompt plus answer tokens, of the
-        `seconds` the call took on the engine's GPUs (or, where the engine measured it, the row's own
-    share of the engine's time: `_Result.engine_s`; calls running at once then are not charged
-    their common seconds twice)."""
+        `seconds` the call took on the engine's GPUs (or, where the engine measured it, the row's
+        own share of the engine's time: `_Result.engine_s`; calls running at once then are not
+        charged their common seconds twice)."""
         answered = [i for i in rows if results[i].error is None]
         tokens = {i: (results[i].input_tokens or 0) + (results[i].output_tokens or 0) for i in answered}
         total = sum(tokens.values())
