@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import Future, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 
@@ -44,7 +44,7 @@ class _Flight:
 class _Call:
     prompts: list[Any]
     params: list[Any]
-    futures: list[Future] = field(default_factory=list)
+    futures: list[Future]
 
 
 class EngineClosed(RuntimeError):
@@ -62,8 +62,6 @@ class EngineLoop:
         self._flying: dict[str, _Flight] = {}
         self._dead: BaseException | None = None
         self._closing = False
-        self.busy_s = 0.0
-        """Seconds spent in engine steps so far."""
         self._built = threading.Event()
         self._build_error: BaseException | None = None
         self._thread = threading.Thread(target=self._serve, args=(build,), name=name, daemon=True)
@@ -97,12 +95,6 @@ class EngineLoop:
         futures = self.submit(prompts, params)
         wait(futures)  # woken once, when the last is done (not once per answer)
         return [f.result() for f in futures]
-
-    @property
-    def in_flight(self) -> int:
-        """Requests queued or running now."""
-        with self._cond:
-            return len(self._flying) + sum(len(c.prompts) for c in self._inbox)
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop the loop: requests still unfinished fail with `EngineClosed`."""
@@ -142,7 +134,6 @@ class EngineLoop:
                     return
                 continue
             seconds = time.perf_counter() - began
-            self.busy_s += seconds
             running = min(len(self._flying), self.max_running)
             share = seconds / running
             for k, flight in enumerate(self._flying.values()):

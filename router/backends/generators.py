@@ -497,12 +497,6 @@ class VLLMGenerator(Generator):
         """The `vllm.LLM` engine this stage answers with."""
         return self._llm
 
-    @property
-    def max_running(self) -> int:
-        """Requests the engine runs at once (vLLM's max_num_seqs): calls in flight should hold
-        more than this, so that the engine never waits for the next call."""
-        return self._loop.max_running
-
     def close(self) -> None:
         """Stop the engine's loop and worker processes now rather than when the object is collected."""
         loop = self.__dict__.pop("_loop", None)
