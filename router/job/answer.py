@@ -188,8 +188,8 @@ def feed_through_feeders(cfg: JobConfig, rows, started: StartedEngines, fence: s
 def feed_from_driver(cfg: JobConfig, rows: Iterable[pa.Table], started: StartedEngines, fence: str,
                      keep_refused: bool = True) -> Committed:
     """A small job's rows for started engines, fed from the driver: calls of generation.batch_size
-    rows, as many in flight per engine as it runs at once (`StartedEngines.calls`), answers committed in shards of about generation.shard_rows as
-    they come. A Ray Data pass here would first start its feeder actors and task workers (seconds
+    rows, as many in flight per engine as it runs at once (`StartedEngines.calls`), answers
+    committed in shards of about generation.shard_rows as they come. A Ray Data pass here would first start its feeder actors and task workers (seconds
     before the first batch reached the engine); the engines' restarts and retries are
     the same either way (`engine_restarts`)."""
     import ray
