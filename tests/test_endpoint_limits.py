@@ -58,24 +58,25 @@ class Handler(BaseHTTPRequestHandler):
             srv.seen[prompt] = tries = srv.seen.get(prompt, 0) + 1
             srv.holding += 1
             srv.most = max(srv.most, srv.holding)
-        try:
-            time.sleep(0.02)  # long enough for requests to overlap
-            if tries == 1:
-                self._send(429, {"error": {"message": "slow down", "type": "rate_limit"}}, {"retry-after-ms": "10"})
-            elif tries == 2 and "flaky" in prompt:
-                self._send(503, {"error": {"message": "busy", "type": "server_error"}}, {"retry-after-ms": "10"})
-            else:
-                words = prompt.split()
-                self._send(200, {
-                    "id": "c1", "object": "chat.completion", "created": 0, "model": body["model"],
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": " ".join(reversed(words))}}],
-                    "usage": {"prompt_tokens": len(words) + 5, "completion_tokens": len(words),
-                              "total_tokens": 2 * len(words) + 5},
-                })  # fmt: skip
-        finally:
-            with srv.lock:
-                srv.holding -= 1
+        time.sleep(0.02)  # long enough for requests to overlap
+        if tries == 1:
+            reply = (429, {"error": {"message": "slow down", "type": "rate_limit"}}, {"retry-after-ms": "10"})
+        elif tries == 2 and "flaky" in prompt:
+            reply = (503, {"error": {"message": "busy", "type": "server_error"}}, {"retry-after-ms": "10"})
+        else:
+            words = prompt.split()
+            reply = (200, {
+                "id": "c1", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": " ".join(reversed(words))}}],
+                "usage": {"prompt_tokens": len(words) + 5, "completion_tokens": len(words),
+                          "total_tokens": 2 * len(words) + 5},
+            }, None)  # fmt: skip
+        # The request stops being held before its answer leaves: once the client has the answer it
+        # may send its next request, which must not count as overlapping this one.
+        with srv.lock:
+            srv.holding -= 1
+        self._send(*reply)
 
     def _send(self, code: int, payload: dict, headers: dict | None = None) -> None:
         data = json.dumps(payload).encode()
