@@ -189,9 +189,9 @@ def feed_from_driver(cfg: JobConfig, rows: Iterable[pa.Table], started: StartedE
                      keep_refused: bool = True) -> Committed:
     """A small job's rows for started engines, fed from the driver: calls of generation.batch_size
     rows, as many in flight per engine as it runs at once (`StartedEngines.calls`), answers
-    committed in shards of about generation.shard_rows as they come. A Ray Data pass here would first start its feeder actors and task workers (seconds
-    before the first batch reached the engine); the engines' restarts and retries are
-    the same either way (`engine_restarts`)."""
+    committed in shards of about generation.shard_rows as they come. A Ray Data pass here would
+    first start its feeder actors and task workers (seconds before the first batch reached the
+    engine); the engines' restarts and retries are the same either way (`engine_restarts`)."""
     import ray
 
     size = cfg.generation.batch_size
