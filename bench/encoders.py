@@ -21,13 +21,13 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from encode import timed  # noqa: E402  (bench/encode.py: best of N)
 from eval_quality import runs  # noqa: E402
 
 from router.backends.encoder import load_encoder  # noqa: E402
@@ -39,11 +39,7 @@ def rows_per_second(encoder: str, texts: list[str], repeat: int = 2) -> float:
     """The product's encoder on `texts` (best of `repeat`, after a warm-up)."""
     enc = load_encoder(encoder, device="cpu", backend="torch")
     enc.encode(texts[:16])
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        enc.encode(texts)
-        best = min(best, time.perf_counter() - t0)
+    _, best = timed(lambda: enc.encode(texts), repeat)
     return len(texts) / best
 
 
