@@ -11,8 +11,8 @@ AIQ against the best of the strong simple baselines on the same embeddings. The 
 the baseline of the speed ratio.
 
 Encoding the ~26,000 prompts is most of the time (a base-sized encoder: about 40 minutes on two
-cores); the embeddings are cached under ROUTER_CACHE_DIR (keyed by the texts in their order, so
-`router eval` with the files in another order encodes again), and a second run takes minutes.
+cores); the embeddings are cached under ROUTER_CACHE_DIR (keyed by the distinct texts, whatever
+order the files are listed in), and a second run takes minutes.
 `--every K` keeps every K-th row of each table, for a quicker, noisier look.
 """
 

@@ -112,3 +112,25 @@ def test_unsupported_module_stack_falls_back_to_sentence_transformers(tmp_path, 
     emb = enc.encode(TEXTS[:3])
     assert emb.shape == (3, 384)
     assert (emb * reference.encode(TEXTS[:3])).sum(1).min() < 0.999  # max pooling really is used
+
+
+def test_embedding_cache_is_keyed_by_the_distinct_texts_not_their_order(tmp_path, monkeypatch, reference):
+    """`router eval` and `router profile build` cache their tables' embeddings: the same tables
+    listed in another order (or with a repeated prompt) are read back, each row its own text's."""
+    import router.backends.encoder as E
+
+    monkeypatch.setenv("ROUTER_CACHE_DIR", str(tmp_path))
+    texts = TEXTS[:4]
+    first = E.encode_cached("minilm", texts)
+    assert first.shape == (4, 384)
+    assert (first * reference.encode(texts, "tail")).sum(1).min() >= 0.999
+
+    def no_encoder(*a, **k):
+        raise AssertionError("encoded again")
+
+    monkeypatch.setattr(E, "load_encoder", no_encoder)
+    order = [2, 0, 3, 1, 2]
+    again = E.encode_cached("minilm", [texts[i] for i in order])
+    np.testing.assert_array_equal(again, first[order])
+    with pytest.raises(AssertionError, match="encoded again"):  # another window is another cache entry
+        E.encode_cached("minilm", texts, window="head")

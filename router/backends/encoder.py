@@ -416,21 +416,27 @@ def cache_dir() -> str:
 
 
 def encode_cached(model: str, texts: Sequence[str], window: str = "tail") -> np.ndarray:
-    """Embeddings kept on disk under a hash of the encoder, window and texts: evaluating again on
-    the same tables costs no encoding."""
-    h = hashlib.sha256(f"{encoder_name(model)}\0{window}\0{TAIL_CHARS}\0tokens".encode())
-    for t in texts:
+    """Embeddings kept on disk under a hash of the encoder, window and the distinct texts: evaluating
+    again on the same tables costs no encoding, whatever order the tables are listed in, and a text
+    that occurs twice is encoded once."""
+    texts = list(texts)
+    distinct = sorted(set(texts))
+    at = {t: i for i, t in enumerate(distinct)}
+    back = np.fromiter((at[t] for t in texts), np.int64, len(texts))
+    h = hashlib.sha256(f"{encoder_name(model)}\0{window}\0{TAIL_CHARS}\0tokens\0distinct".encode())
+    for t in distinct:  # sorted: the key does not depend on the order of the rows
         h.update(t.encode("utf-8", "surrogatepass"))
         h.update(b"\0")
     path = os.path.join(cache_dir(), "embeddings", h.hexdigest() + ".npy")
     if os.path.isfile(path):
-        return np.load(path)
-    emb = load_encoder(model, window=window).encode(list(texts))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp.npy"
-    np.save(tmp, emb)
-    os.replace(tmp, path)
-    return emb
+        emb = np.load(path)
+    else:
+        emb = load_encoder(model, window=window).encode(distinct)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp.npy"
+        np.save(tmp, emb)
+        os.replace(tmp, path)
+    return emb[back]
 
 
 def embeddings_to_arrow(emb: np.ndarray) -> pa.FixedSizeListArray:
