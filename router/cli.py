@@ -186,9 +186,12 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-calibrate", action="store_true",
                    help="keep the profile's raw scores (default: one isotonic map onto the scores the models "
                    "reach, fitted out of fold; it keeps each row's order of models)")  # fmt: skip
+    p.add_argument("--no-blend", action="store_true",
+                   help="the calibrated profile score alone (default: moved toward ridge heads on the embedding "
+                   "and the task by a weight chosen out of fold by the routing it gives)")  # fmt: skip
     p.add_argument("--stack", action="store_true",
-                   help="stack the profile's score with a ridge head on embedding and task, per model, before "
-                   "calibrating (better calibrated; see bench/README.md for what it does to accuracy)")  # fmt: skip
+                   help="instead of the blend, stack the profile's score with a ridge head on embedding and task, "
+                   "per model, before calibrating (see bench/README.md for what it does to accuracy)")  # fmt: skip
     p.add_argument("--annotator", choices=["embedding", "llm", "distilled"], default=d.annotator,
                    help="who ranks each query's capabilities and domains: embedding (default: clusters and "
                    "prototypes), llm (an auxiliary model per query, the paper's way) or distilled (the llm "
@@ -211,7 +214,7 @@ def _settings(args):
                            r_cap=args.top, window=args.window, use_tasks=not args.no_tasks, seed=args.seed,
                            annotator=args.annotator, distill_sample=args.distill_sample,
                            length_kappa=args.length_kappa, calibrate=not args.no_calibrate,
-                           stack=args.stack)  # fmt: skip
+                           blend=not args.no_blend, stack=args.stack)  # fmt: skip
 
 
 def _annotator_error(args) -> str | None:

@@ -4,7 +4,17 @@ frontier area and calibration error."""
 import numpy as np
 import pytest
 
-from router.method.calibration import apply_calibration, fit_calibration, isotonic
+from dataclasses import replace
+
+from router.method.calibration import (
+    BLEND_WEIGHTS,
+    apply_calibration,
+    choose_blend,
+    evidence_scores,
+    fit_calibration,
+    isotonic,
+    routing_area,
+)
 from router.method.evaluate import aiq, calibration, strong_baselines
 from router.method.profiles import load_profiles
 
@@ -42,16 +52,22 @@ def test_a_calibrated_prediction_means_what_it_says():
 def test_the_packaged_profiles_are_calibrated_and_keep_it_through_select_and_save(tmp_path):
     p = load_profiles("open9")
     assert p.calibration is not None and p.calibration.shape[2] == len(p.models)
+    assert p.blend is not None and p.evidence is not None  # no tasks in open9: one head for every row
     emb = np.random.default_rng(2).normal(size=(300, p.dim)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     ann = p.annotate(emb)
     q = p.quality(emb, ann)
-    assert q.min() >= 0 and q.max() <= 1
-    # The map is monotone and shared: a row's best model is the raw score's best model.
+    # The map alone is monotone and shared: a row's best model is the raw score's best model.
     raw = p.score_annotated(ann)
-    assert np.mean(q.argmax(1) == raw.argmax(1)) > 0.95
+    mapped = replace(p, blend=None).quality(emb, ann)
+    assert mapped.min() >= 0 and mapped.max() <= 1
+    assert np.mean(mapped.argmax(1) == raw.argmax(1)) > 0.95
+    # The blend moves it toward the evidence by the weight the file holds.
+    w = float(p.blend[1])
+    assert 0 < w <= max(BLEND_WEIGHTS)
+    np.testing.assert_allclose(q, mapped + w * (evidence_scores(p.evidence, emb, None) - mapped), atol=1e-5)
     sub = p.select(list(p.models[::-1][:4]))
-    np.testing.assert_array_equal(sub.quality(emb, sub.annotate(emb)), q[:, [8, 7, 6, 5]])
+    np.testing.assert_allclose(sub.quality(emb, sub.annotate(emb)), q[:, [8, 7, 6, 5]], atol=1e-6)
     p.save(tmp_path / "p.npz")
     np.testing.assert_array_equal(load_profiles(str(tmp_path / "p.npz")).quality(emb, ann), q)
 
@@ -81,3 +97,66 @@ def test_the_strong_baselines_learn_what_the_training_rows_say():
     for name in ("task_mean", "knn_task", "ridge"):
         assert np.mean((b[name] - p[te]) ** 2) < 0.6 * const, name
     assert np.mean((b["ridge"] - p[te]) ** 2) < np.mean((b["task_mean"] - p[te]) ** 2)  # it sees the embedding
+
+
+def test_the_blend_takes_the_evidence_that_routes_better_and_leaves_noise_out():
+    """The profile here knows which model is best within a row but not which rows are easy; an
+    evidence head that knows how easy a row is gets a weight, a head of noise gets none."""
+    rng = np.random.default_rng(4)
+    n, m = 6000, 3
+    ease = rng.random((n, 1))
+    edge = rng.normal(0, 0.15, (n, m))
+    truth = np.clip(0.3 * ease + 0.35 + edge, 0, 1)
+    y = (rng.random((n, m)) < truth).astype(float)
+    profile = 0.5 + edge  # within rows right, every row alike
+    assert routing_area(truth, y) > routing_area(profile, y) > routing_area(rng.random((n, m)), y)
+    easy_rows = np.repeat(0.3 * ease + 0.35, m, axis=1) + rng.normal(0, 0.02, (n, m))
+    assert choose_blend(profile, easy_rows, y) > 0
+    assert choose_blend(profile, rng.random((n, m)), y) == 0.0
+
+
+def test_blended_profiles_use_the_tasks_head_for_rows_with_a_known_task(tmp_path):
+    """A profile fitted from a table with tasks blends rows with a known task by the task's head and
+    the others by the head on the embedding alone; a row routes alike in any batch; select, save and
+    load keep it; a model added later gets its own columns of both heads."""
+    from router.method.evaldata import EvalTable
+    from router.method.fitting import add_model, fit_profiles, remove_model
+
+    rng = np.random.default_rng(5)
+    n, m = 600, 3
+    emb = rng.normal(size=(n, 384)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    tasks = [("easy", "hard")[i % 2] for i in range(n)]
+    truth = np.where(np.array(tasks)[:, None] == "easy", 0.8, 0.3) + 0.1 * np.arange(m) * emb[:, :1]
+    scores = (rng.random((n, m)) < np.clip(truth, 0, 1)).astype(np.float32)
+    table = EvalTable(queries=[f"q{i}" for i in range(n)], models=("a", "b", "c"), scores=scores, task=tasks)
+    fitted = fit_profiles(table, emb)
+    assert fitted.blend is not None and fitted.blend.shape == (2,)
+    assert set(fitted.blend.tolist()) <= set(BLEND_WEIGHTS)
+    p = replace(fitted, blend=np.array([0.3, 0.5], np.float32))  # weights that show which head a row took
+    assert p.evidence.shape == (384 + 2 + 1, m) and p.evidence_free.shape == (384 + 1, m)
+
+    known, unknown = p.annotate(emb[:4], ["easy", "hard", "easy", "hard"]), p.annotate(emb[:4], None)
+    mapped = apply_calibration(p.score_annotated(known), p.calibration)
+    want = mapped + p.blend[0] * (evidence_scores(p.evidence, emb[:4], known.tasks) - mapped)
+    np.testing.assert_allclose(p.quality(emb[:4], known), want, atol=1e-6)
+    mapped = apply_calibration(p.score_annotated(unknown), p.calibration)
+    want = mapped + p.blend[1] * (evidence_scores(p.evidence_free, emb[:4], None) - mapped)
+    np.testing.assert_allclose(p.quality(emb[:4], unknown), want, atol=1e-6)
+    mixed = p.annotate(emb[:4], ["easy", "a task never seen", None, "hard"])
+    alone = [p.quality(emb[i : i + 1], p.annotate(emb[i : i + 1], [t])) for i, t in
+             enumerate(["easy", "a task never seen", None, "hard"])]  # fmt: skip
+    np.testing.assert_allclose(p.quality(emb[:4], mixed), np.vstack(alone), atol=1e-6)
+
+    sub = p.select(["c", "a"])
+    np.testing.assert_allclose(sub.quality(emb[:4], sub.annotate(emb[:4], None)),
+                               p.quality(emb[:4], unknown)[:, [2, 0]], atol=1e-6)  # fmt: skip
+    p.save(tmp_path / "p.npz")
+    again = load_profiles(str(tmp_path / "p.npz"))
+    np.testing.assert_array_equal(again.quality(emb[:4], mixed), p.quality(emb[:4], mixed))
+
+    readded = add_model(remove_model(p, "b"), table, "b", emb)
+    assert readded.models == ("a", "c", "b")
+    assert readded.evidence.shape == p.evidence.shape and readded.evidence_free.shape == p.evidence_free.shape
+    np.testing.assert_allclose(readded.evidence[:, 2], p.evidence[:, 1], atol=1e-4)  # the same rows, alpha
+    np.testing.assert_allclose(readded.evidence_free[:, 2], p.evidence_free[:, 1], atol=1e-4)

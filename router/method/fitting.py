@@ -13,6 +13,8 @@ from router.backends.encoder import MINILM, encode_cached, encoder_name
 from router.method.calibration import (
     CALIBRATION_FOLDS,
     EVIDENCE_ALPHAS,
+    apply_calibration,
+    choose_blend,
     evidence_features,
     fit_calibration,
     fit_stack,
@@ -64,10 +66,14 @@ class ProfileSettings:
     the prediction onto the scores the models reach, on out-of-fold predictions of the training
     table (embedding-annotated profiles: the refits need no LLM). Monotone and shared by every
     model, it keeps each row's order of models."""
+    blend: bool = True
+    """After calibrating, move the prediction toward the evidence heads (ridge on the embedding, and
+    the task where the row has a known one) by a weight chosen out of fold by the routing it gives
+    (router.method.calibration). Needs `calibrate`."""
     stack: bool = False
     """Before calibrating, stack the profile's score per model with a ridge head on the embedding
-    and the task (router.method.calibration). Off by default: on the shared tables it calibrates
-    better but routes with 0.6-3.1 points less accuracy at lambda = 0 on routerdc (bench/README.md)."""
+    and the task (router.method.calibration), instead of the blend. Off by default: on the shared
+    tables it routes with 0.6-3.1 points less accuracy at lambda = 0 on routerdc (bench/README.md)."""
 
     def __post_init__(self) -> None:
         from router.method.annotate import ANNOTATORS
@@ -197,12 +203,14 @@ def _evidence_out_of_fold(x: np.ndarray, y: np.ndarray, fold: np.ndarray) -> tup
 
 def with_stack(profiles: Profiles, table: EvalTable, embeddings: np.ndarray, scores: np.ndarray, encoder: str,
                s: ProfileSettings) -> Profiles:  # fmt: skip
-    """`profiles` with the stacked predictor (router.method.calibration): each training row's profile
-    score from profiles fitted without its fold, the evidence head's likewise, the stack and the
-    calibration fitted on them; the evidence head then refitted on every row."""
+    """`profiles` with the calibration and the blend, or the stacked predictor
+    (router.method.calibration): each training row's profile score from profiles fitted without its
+    fold, the evidence heads' likewise, the map and the blend's weights (or the stack and the map)
+    fitted on them; the evidence heads then refitted on every row."""
     fold = query_folds(table.queries, CALIBRATION_FOLDS, s.seed)
     inner = replace(s, calibrate=False, stack=False, length_kappa=s.length_kappa or 1.0)  # lengths are not scored
     raw = np.full(scores.shape, np.nan)
+    raw_free = np.full(scores.shape, np.nan)  # the same rows scored without their task
     full = np.full((len(table.queries), len(table.models)), np.nan)
     full[:, [table.models.index(m) for m in profiles.models]] = scores
     for f in range(CALIBRATION_FOLDS):
@@ -210,12 +218,17 @@ def with_stack(profiles: Profiles, table: EvalTable, embeddings: np.ndarray, sco
         p = fit_profiles(table.take(train), embeddings[train], encoder=encoder, settings=inner,
                          models=list(profiles.models), scores=full[train])  # fmt: skip
         tasks = [table.task[i] for i in test] if (inner.use_tasks and table.task) else None
-        raw[test] = p.score_annotated(p.annotate(embeddings[test], tasks))
+        ann = p.annotate(embeddings[test], tasks)
+        raw[test] = p.score_annotated(ann)
+        raw_free[test] = raw[test] if tasks is None else p.score_annotated(replace(ann, tasks=None))
     if not s.stack:
         meta = {**profiles.meta, "calibration": {
             "folds": CALIBRATION_FOLDS, "what": "one isotonic map of the profile's score, fitted on out-of-fold "
             "predictions of the training table (router.method.calibration)"}}  # fmt: skip
-        return replace(profiles, calibration=fit_calibration(raw, scores) if s.calibrate else None, meta=meta)
+        calibrated = replace(profiles, calibration=fit_calibration(raw, scores) if s.calibrate else None, meta=meta)
+        if not (s.calibrate and s.blend):
+            return calibrated
+        return _with_blend(calibrated, table, embeddings, scores, raw, raw_free, fold, s)
     tasks = profiles.task_index(table.task) if (s.use_tasks and table.task) else None
     x = evidence_features(embeddings, tasks, len(profiles.tasks))
     evidence, alpha = _evidence_out_of_fold(x, scores, fold)
@@ -291,7 +304,9 @@ def add_model(
         out[:, 0] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
     lengths = _added_lengths(profiles, table, col, keep, ann)
     stacked_parts = {}
-    if profiles.stack is not None and profiles.evidence is not None:
+    if profiles.blend is not None and profiles.evidence is not None and profiles.calibration is not None:
+        stacked_parts = _added_blend(profiles, table, model, embeddings, keep, ann)
+    elif profiles.stack is not None and profiles.evidence is not None:
         stacked_parts = _added_stack(profiles, table, model, embeddings, keep, ann)
     elif profiles.calibration is not None:  # the one map the pool shares
         stacked_parts = {"calibration": np.concatenate([profiles.calibration, profiles.calibration[:, :, :1]], axis=2)}
@@ -310,6 +325,50 @@ def add_model(
         lengths=lengths,
         **stacked_parts,
     )  # fmt: skip
+
+
+def _with_blend(profiles: Profiles, table: EvalTable, embeddings: np.ndarray, scores: np.ndarray, raw: np.ndarray,
+                raw_free: np.ndarray, fold: np.ndarray, s: ProfileSettings) -> Profiles:  # fmt: skip
+    """`profiles` (calibrated) with the blend (router.method.calibration): the evidence heads, and
+    each kind of row's weight chosen on out-of-fold predictions of the training table: rows with
+    their task (the profile's score with the task, the task's head) and rows without one (the
+    profile's score without it, the head on the embedding alone)."""
+    x_free = evidence_features(embeddings, None, 0)
+    e_free, alpha_free = _evidence_out_of_fold(x_free, scores, fold)
+    w_free = choose_blend(apply_calibration(raw_free, profiles.calibration), e_free, scores)
+    info: dict = {"folds": CALIBRATION_FOLDS, "weights": {}, "evidence_alpha": {"free": alpha_free},
+                  "what": "the calibrated score moved toward ridge heads on the embedding (and the task), by "
+                          "weights chosen by out-of-fold routing (router.method.calibration)"}  # fmt: skip
+    if profiles.tasks and s.use_tasks and table.task:
+        x = evidence_features(embeddings, profiles.task_index(table.task), len(profiles.tasks))
+        e_task, alpha = _evidence_out_of_fold(x, scores, fold)
+        w_task = choose_blend(apply_calibration(raw, profiles.calibration), e_task, scores)
+        heads = dict(evidence=ridge(x, scores, alpha), evidence_free=ridge(x_free, scores, alpha_free))
+        info["evidence_alpha"]["task"] = alpha
+    else:  # no tasks: every row is a row without one
+        w_task = w_free
+        heads = dict(evidence=ridge(x_free, scores, alpha_free), evidence_free=None)
+    info["weights"] = {"task known": w_task, "no task": w_free}
+    return replace(profiles, blend=np.array([w_task, w_free], np.float32), meta={**profiles.meta, "blend": info},
+                   **heads)  # fmt: skip
+
+
+def _added_blend(profiles: Profiles, table: EvalTable, model: str, embeddings: np.ndarray, keep: np.ndarray,
+                 ann) -> dict[str, np.ndarray]:  # fmt: skip
+    """The blend's evidence columns for a model added to `profiles` (see `_with_blend`), fitted on
+    its own rows at the pool's alphas; the weights and the calibration map are the pool's."""
+    rows = np.flatnonzero(keep)
+    y = table.scores[rows, table.models.index(model)][:, None].astype(np.float64)
+    alphas = profiles.meta.get("blend", {}).get("evidence_alpha", {})
+    free = ridge(evidence_features(embeddings[rows], None, 0), y, float(alphas.get("free", EVIDENCE_ALPHAS[0])))
+    out = {"calibration": np.concatenate([profiles.calibration, profiles.calibration[:, :, :1]], axis=2)}
+    if profiles.evidence_free is None:
+        out["evidence"] = np.hstack([profiles.evidence, free])
+        return out
+    x = evidence_features(embeddings[rows], ann.tasks, len(profiles.tasks))
+    out["evidence"] = np.hstack([profiles.evidence, ridge(x, y, float(alphas.get("task", EVIDENCE_ALPHAS[0])))])
+    out["evidence_free"] = np.hstack([profiles.evidence_free, free])
+    return out
 
 
 def _added_stack(profiles: Profiles, table: EvalTable, model: str, embeddings: np.ndarray, keep: np.ndarray,

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 # route as they did.
 PROFILE_VERSION = 2
 READABLE_VERSIONS = (1, 2)
+# Arrays a profile file holds only where they were fitted (router.method.calibration).
+OPTIONAL_ARRAYS = ("evidence", "stack", "calibration", "blend", "evidence_free")
 PACKAGED = ("open9",)
 
 
@@ -220,6 +222,12 @@ class Profiles:
     evidence: np.ndarray | None = None
     stack: np.ndarray | None = None
     calibration: np.ndarray | None = None
+    # The blend (the default where the file has it, instead of a stack): float32 [2], the weight of
+    # the evidence in the calibrated prediction for rows with a known task and for the others;
+    # float32 [D + 1, M], the evidence head of rows without a known task (embedding and bias; None
+    # where the profiles have no tasks: `evidence` is that head then).
+    blend: np.ndarray | None = None
+    evidence_free: np.ndarray | None = None
 
     @property
     def dim(self) -> int:
@@ -297,6 +305,8 @@ class Profiles:
         """Predicted quality [N, M] (float32): the profile's score, stacked with the evidence head's
         and calibrated where the file has them (router.method.calibration), else the score alone."""
         q = self.score_annotated(ann)
+        if self.blend is not None and self.evidence is not None and self.calibration is not None:
+            return self._blended(embeddings, ann, q)
         if self.stack is not None and self.evidence is not None:
             from router.method.calibration import evidence_scores
 
@@ -307,6 +317,25 @@ class Profiles:
 
             q = apply_calibration(q, self.calibration)
         return q.astype(np.float32, copy=False)
+
+    def _blended(self, embeddings: np.ndarray, ann: Annotation, q: np.ndarray) -> np.ndarray:
+        """The calibrated score moved toward the evidence (router.method.calibration): rows with a
+        known task by the task's head and the first weight, the others by the head without a task
+        and the second."""
+        from router.method.calibration import apply_calibration, blended, evidence_scores
+
+        q = apply_calibration(q, self.calibration)
+        known = None if ann.tasks is None or not self.tasks else np.asarray(ann.tasks) >= 0
+        free = self.evidence if self.evidence_free is None else self.evidence_free
+        if known is None or not known.any():
+            return blended(q, evidence_scores(free, embeddings, None), self.blend[1])
+        if known.all():
+            return blended(q, evidence_scores(self.evidence, embeddings, ann.tasks), self.blend[0])
+        out = np.empty_like(q)
+        out[known] = blended(q[known], evidence_scores(self.evidence, embeddings[known], ann.tasks[known]),
+                             self.blend[0])  # fmt: skip
+        out[~known] = blended(q[~known], evidence_scores(free, embeddings[~known], None), self.blend[1])
+        return out
 
     def score(self, embeddings: np.ndarray, tasks=None) -> np.ndarray:
         """Predicted quality [N, M] (float32) for L2-normalised embeddings [N, D]; `tasks` (one
@@ -355,6 +384,7 @@ class Profiles:
             evidence=None if self.evidence is None else self.evidence[:, cols],
             stack=None if self.stack is None else self.stack[:, cols],
             calibration=None if self.calibration is None else self.calibration[:, :, cols],
+            evidence_free=None if self.evidence_free is None else self.evidence_free[:, cols],
         )
 
     def save(self, path: str | Path) -> None:
@@ -377,7 +407,7 @@ class Profiles:
             extra["heads"] = self.heads
         if self.lengths is not None:
             extra.update(self.lengths.arrays())
-        for name in ("evidence", "stack", "calibration"):
+        for name in OPTIONAL_ARRAYS:
             if getattr(self, name) is not None:
                 extra[name] = getattr(self, name)
         path = Path(path)
@@ -435,7 +465,7 @@ def load_profiles(path: str | Path) -> Profiles:
             heads=z["heads"].astype(np.float32) if "heads" in z.files else None,
             lengths=LengthProfile.from_arrays(z),
             **{name: z[name].astype(np.float32) if name in z.files else None
-               for name in ("evidence", "stack", "calibration")},
+               for name in OPTIONAL_ARRAYS},
         )
 
 
