@@ -171,6 +171,9 @@ class Annotation:
     capabilities: np.ndarray  # int64 [N, r_cap]
     domains: np.ndarray  # int64 [N, r_know]
     tasks: np.ndarray | None = None  # int64 [N], index into Profiles.tasks; -1: no known task
+    # float32 [N, M]: embedding @ the blend's head for rows without a known task (no bias), taken
+    # from the taxonomy's matrix product where the profiles blend (`Profiles.quality`).
+    evidence: np.ndarray | None = None
 
 
 def knowledge_weights(ann: Annotation, alpha: float) -> tuple[np.ndarray, np.ndarray]:
@@ -246,10 +249,21 @@ class Profiles:
         """[D, K + C + pad]: centroids and capability prototypes side by side, for one matrix
         product, and zero columns up to a multiple of PRODUCT_COLUMNS."""
         both = np.concatenate([self.centroids, self.capability_vectors])
-        width = -(-len(both) // PRODUCT_COLUMNS) * PRODUCT_COLUMNS
+        free = self._free_head
+        cols = len(both) + (0 if free is None else free.shape[1])
+        width = -(-cols // PRODUCT_COLUMNS) * PRODUCT_COLUMNS
         out = np.zeros((self.dim, width), np.float32)
         out[:, : len(both)] = both.T
+        if free is not None:  # the blend's head rides on the same product (its bias is added later)
+            out[:, len(both) : cols] = free[: self.dim]
         return out
+
+    @property
+    def _free_head(self) -> np.ndarray | None:
+        """[D + 1, M]: the blend's evidence head of rows without a known task (None: no blend)."""
+        if self.blend is None or self.evidence is None or self.calibration is None:
+            return None
+        return self.evidence if self.evidence_free is None else self.evidence_free
 
     def annotate(self, embeddings: np.ndarray, tasks=None) -> Annotation:
         emb = np.asarray(embeddings, dtype=np.float32)
@@ -270,12 +284,16 @@ class Profiles:
         k, c, n = len(self.centroids), len(self.capability_vectors), len(emb)
         cap_sims = np.empty((c, n), np.float32)
         doms = np.empty((n, min(self.r_know, k)), np.int64)
+        free = self._free_head
+        ev = None if free is None else np.empty((n, free.shape[1]), np.float32)
         for lo in range(0, n, ANNOTATE_BLOCK):
             sims = emb[lo : lo + ANNOTATE_BLOCK] @ self._taxonomy_t
             cap_sims[:, lo : lo + len(sims)] = sims[:, k : k + c].T
+            if ev is not None:
+                ev[lo : lo + len(sims)] = sims[:, k + c : k + c + ev.shape[1]]
             doms[lo : lo + len(sims)] = top_r(sims[:, :k], self.r_know, overwrite=True)
         caps = top_r_columns(cap_sims, self.r_cap)
-        return Annotation(capabilities=caps, domains=doms, tasks=self.task_index(tasks))
+        return Annotation(capabilities=caps, domains=doms, tasks=self.task_index(tasks), evidence=ev)
 
     def _rank_sums(self, which: str, r: int) -> np.ndarray | None:
         """`rank_sum_table` of the `which` profile (`cap` or `know`), built once per profiles object."""
@@ -326,15 +344,17 @@ class Profiles:
 
         q = apply_calibration(q, self.calibration)
         known = None if ann.tasks is None or not self.tasks else np.asarray(ann.tasks) >= 0
-        free = self.evidence if self.evidence_free is None else self.evidence_free
+        free = self._free_head
         if known is None or not known.any():
-            return blended(q, evidence_scores(free, embeddings, None), self.blend[1])
+            e = evidence_scores(free, embeddings, None) if ann.evidence is None else ann.evidence + free[-1]
+            return blended(q, e, self.blend[1])
         if known.all():
             return blended(q, evidence_scores(self.evidence, embeddings, ann.tasks), self.blend[0])
         out = np.empty_like(q)
         out[known] = blended(q[known], evidence_scores(self.evidence, embeddings[known], ann.tasks[known]),
                              self.blend[0])  # fmt: skip
-        out[~known] = blended(q[~known], evidence_scores(free, embeddings[~known], None), self.blend[1])
+        e = evidence_scores(free, embeddings[~known], None) if ann.evidence is None else ann.evidence[~known] + free[-1]
+        out[~known] = blended(q[~known], e, self.blend[1])
         return out
 
     def score(self, embeddings: np.ndarray, tasks=None) -> np.ndarray:
