@@ -320,8 +320,9 @@ class Profiles:
         return q.astype(np.float32, copy=False)
 
     def quality(self, embeddings: np.ndarray, ann: Annotation) -> np.ndarray:
-        """Predicted quality [N, M] (float32): the profile's score, stacked with the evidence head's
-        and calibrated where the file has them (router.method.calibration), else the score alone."""
+        """Predicted quality [N, M] (float32) of rows annotated by these profiles: the profile's
+        score, calibrated and blended with the evidence heads, or stacked with the evidence head and
+        calibrated, as the file has them (router.method.calibration); else the score alone."""
         q = self.score_annotated(ann)
         if self.blend is not None and self.evidence is not None and self.calibration is not None:
             return self._blended(embeddings, ann, q)
@@ -345,15 +346,16 @@ class Profiles:
         q = apply_calibration(q, self.calibration)
         known = None if ann.tasks is None or not self.tasks else np.asarray(ann.tasks) >= 0
         free = self._free_head
+        fused = ann.evidence is not None and ann.evidence.shape == q.shape  # from `annotate`'s product
         if known is None or not known.any():
-            e = evidence_scores(free, embeddings, None) if ann.evidence is None else ann.evidence + free[-1]
+            e = ann.evidence + free[-1] if fused else evidence_scores(free, embeddings, None)
             return blended(q, e, self.blend[1])
         if known.all():
             return blended(q, evidence_scores(self.evidence, embeddings, ann.tasks), self.blend[0])
         out = np.empty_like(q)
         out[known] = blended(q[known], evidence_scores(self.evidence, embeddings[known], ann.tasks[known]),
                              self.blend[0])  # fmt: skip
-        e = evidence_scores(free, embeddings[~known], None) if ann.evidence is None else ann.evidence[~known] + free[-1]
+        e = ann.evidence[~known] + free[-1] if fused else evidence_scores(free, embeddings[~known], None)
         out[~known] = blended(q[~known], e, self.blend[1])
         return out
 
