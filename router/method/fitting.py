@@ -73,7 +73,8 @@ class ProfileSettings:
     stack: bool = False
     """Before calibrating, stack the profile's score per model with a ridge head on the embedding
     and the task (router.method.calibration), instead of the blend. Off by default: on the shared
-    tables it routes with 0.6-3.1 points less accuracy at lambda = 0 on routerdc (bench/README.md)."""
+    tables it routes with 1.0-2.8 points less accuracy at lambda = 0 on routerdc than the blend, and
+    a lower AIQ on llmrouter (bench/README.md)."""
 
     def __post_init__(self) -> None:
         from router.method.annotate import ANNOTATORS
