@@ -160,3 +160,20 @@ def test_blended_profiles_use_the_tasks_head_for_rows_with_a_known_task(tmp_path
     assert readded.evidence.shape == p.evidence.shape and readded.evidence_free.shape == p.evidence_free.shape
     np.testing.assert_allclose(readded.evidence[:, 2], p.evidence[:, 1], atol=1e-4)  # the same rows, alpha
     np.testing.assert_allclose(readded.evidence_free[:, 2], p.evidence_free[:, 1], atol=1e-4)
+
+
+def test_ridge_fits_each_model_on_the_rows_that_have_its_score():
+    """Models scored on every row share one solve; a model missing rows is fitted on its own rows."""
+    from router.method.calibration import ridge
+
+    rng = np.random.default_rng(6)
+    x = np.hstack([rng.normal(size=(400, 5)), np.ones((400, 1))])
+    y = x @ rng.normal(size=(6, 4))
+    y[::3, 2] = np.nan
+    w = ridge(x, y, 1.0)
+    shrink = np.eye(6)
+    shrink[-1, -1] = 0
+    for j in range(4):
+        k = np.isfinite(y[:, j])
+        want = np.linalg.solve(x[k].T @ x[k] + shrink, x[k].T @ y[k, j])
+        np.testing.assert_allclose(w[:, j], want, rtol=1e-4, atol=1e-5)

@@ -64,16 +64,20 @@ def evidence_scores(weights: np.ndarray, embeddings: np.ndarray, tasks: np.ndarr
 
 def ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> np.ndarray:
     """[F, M]: per column of y (NaN: unknown), ridge weights on x, the last feature (the bias) not
-    shrunk."""
+    shrunk. Columns known on the same rows share one solve (a full table: one for all)."""
     w = np.zeros((x.shape[1], y.shape[1]), np.float32)
     shrink = alpha * np.eye(x.shape[1])
     shrink[-1, -1] = 0.0
     x64 = x.astype(np.float64)
+    known = np.isfinite(y)
+    alike: dict[bytes, list[int]] = {}
     for j in range(y.shape[1]):
-        k = np.isfinite(y[:, j])
-        if k.any():
-            xk = x64[k]
-            w[:, j] = np.linalg.solve(xk.T @ xk + shrink, xk.T @ y[k, j])
+        if known[:, j].any():
+            alike.setdefault(np.packbits(known[:, j]).tobytes(), []).append(j)
+    for cols in alike.values():
+        k = known[:, cols[0]]
+        xk = x64 if k.all() else x64[k]
+        w[:, cols] = np.linalg.solve(xk.T @ xk + shrink, xk.T @ y[np.ix_(k, cols)].astype(np.float64))
     return w
 
 
