@@ -116,12 +116,13 @@ def choose_blend(calibrated: np.ndarray, evidence: np.ndarray, scores: np.ndarra
     """The weight of the evidence in the blend, from BLEND_WEIGHTS: the best `routing_area` of the
     out-of-fold calibrated profile scores moved toward the out-of-fold evidence (ties: the least
     evidence)."""
-    areas = [routing_area(calibrated + w * (evidence - calibrated), scores) for w in BLEND_WEIGHTS]
+    areas = [routing_area(blended(calibrated, evidence, w), scores) for w in BLEND_WEIGHTS]
     return float(BLEND_WEIGHTS[int(np.argmax(areas))])
 
 
 def blended(calibrated: np.ndarray, evidence: np.ndarray, weight: float) -> np.ndarray:
-    return calibrated + np.float32(weight) * (evidence - calibrated)
+    """The calibrated prediction moved toward the evidence by `weight`, in the prediction's dtype."""
+    return calibrated + np.asarray(weight, calibrated.dtype) * (evidence - calibrated)
 
 
 def stacked(stack: np.ndarray, profile: np.ndarray, evidence: np.ndarray) -> np.ndarray:

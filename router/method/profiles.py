@@ -324,7 +324,7 @@ class Profiles:
         score, calibrated and blended with the evidence heads, or stacked with the evidence head and
         calibrated, as the file has them (router.method.calibration); else the score alone."""
         q = self.score_annotated(ann)
-        if self.blend is not None and self.evidence is not None and self.calibration is not None:
+        if self._free_head is not None:  # the file blends
             return self._blended(embeddings, ann, q)
         if self.stack is not None and self.evidence is not None:
             from router.method.calibration import evidence_scores
