@@ -188,7 +188,8 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
                    "reach, fitted out of fold; it keeps each row's order of models)")  # fmt: skip
     p.add_argument("--no-blend", action="store_true",
                    help="the calibrated profile score alone (default: moved toward ridge heads on the embedding "
-                   "and the task by a weight chosen out of fold by the routing it gives)")  # fmt: skip
+                   "and the task by weights, within a row and for its level, chosen out of fold by the routing "
+                   "they give)")  # fmt: skip
     p.add_argument("--stack", action="store_true",
                    help="instead of the blend, stack the profile's score with a ridge head on embedding and task, "
                    "per model, before calibrating (see bench/README.md for what it does to accuracy)")  # fmt: skip

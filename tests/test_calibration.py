@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from router.method.calibration import (
     BLEND_WEIGHTS,
+    LEVEL_WEIGHTS,
     apply_calibration,
     choose_blend,
     evidence_scores,
@@ -62,12 +63,18 @@ def test_the_packaged_profiles_are_calibrated_and_keep_it_through_select_and_sav
     mapped = replace(p, blend=None).quality(emb, ann)
     assert mapped.min() >= 0 and mapped.max() <= 1
     assert np.mean(mapped.argmax(1) == raw.argmax(1)) > 0.95
-    # The blend moves it toward the evidence by the weight the file holds.
-    w = float(p.blend[1])
-    assert 0 < w <= max(BLEND_WEIGHTS)
-    np.testing.assert_allclose(q, mapped + w * (evidence_scores(p.evidence, emb, None) - mapped), atol=1e-5)
+    # The blend moves it toward the evidence by the weights the file holds: within a row and the
+    # row's level (its mean over the pool's models of evidence minus map).
+    within, level = (float(w) for w in p.blend[1])
+    assert 0 < within <= max(BLEND_WEIGHTS) and 0 <= level <= max(LEVEL_WEIGHTS)
+    gap = evidence_scores(p.evidence, emb, None) - mapped
+    want = mapped + within * gap + (level - within) * gap.mean(axis=1, keepdims=True)
+    np.testing.assert_allclose(q, want, atol=1e-5)
+    # A pool of some of the models compares them within each row as the whole pool does; only the
+    # row's level is its own pool's.
     sub = p.select(list(p.models[::-1][:4]))
-    np.testing.assert_allclose(sub.quality(emb, sub.annotate(emb)), q[:, [8, 7, 6, 5]], atol=1e-6)
+    shift = sub.quality(emb, sub.annotate(emb)) - q[:, [8, 7, 6, 5]]
+    np.testing.assert_allclose(shift, np.repeat(shift[:, :1], 4, axis=1), atol=1e-6)
     p.save(tmp_path / "p.npz")
     np.testing.assert_array_equal(load_profiles(str(tmp_path / "p.npz")).quality(emb, ann), q)
 
@@ -111,8 +118,8 @@ def test_the_blend_takes_the_evidence_that_routes_better_and_leaves_noise_out():
     profile = 0.5 + edge  # within rows right, every row alike
     assert routing_area(truth, y) > routing_area(profile, y) > routing_area(rng.random((n, m)), y)
     easy_rows = np.repeat(0.3 * ease + 0.35, m, axis=1) + rng.normal(0, 0.02, (n, m))
-    assert choose_blend(profile, easy_rows, y) > 0
-    assert choose_blend(profile, rng.random((n, m)), y) == 0.0
+    assert choose_blend(profile, easy_rows, y)[1] > 0  # the row's level: it knows which rows are easy
+    assert choose_blend(profile, rng.random((n, m)), y).tolist() == [0.0, 0.0]
 
 
 def test_blended_profiles_use_the_tasks_head_for_rows_with_a_known_task(tmp_path):
@@ -131,8 +138,10 @@ def test_blended_profiles_use_the_tasks_head_for_rows_with_a_known_task(tmp_path
     scores = (rng.random((n, m)) < np.clip(truth, 0, 1)).astype(np.float32)
     table = EvalTable(queries=[f"q{i}" for i in range(n)], models=("a", "b", "c"), scores=scores, task=tasks)
     fitted = fit_profiles(table, emb)
-    assert fitted.blend is not None and fitted.blend.shape == (2,)
-    assert set(fitted.blend.tolist()) <= set(BLEND_WEIGHTS)
+    assert fitted.blend is not None and fitted.blend.shape == (2, 2)
+    assert set(fitted.blend[:, 0].tolist()) <= set(BLEND_WEIGHTS)
+    assert set(fitted.blend[:, 1].tolist()) <= set(np.float32(LEVEL_WEIGHTS).tolist())
+    # One weight per kind of row (files written before the split) moves a row's level with the rest.
     p = replace(fitted, blend=np.array([0.3, 0.5], np.float32))  # weights that show which head a row took
     assert p.evidence.shape == (384 + 2 + 1, m) and p.evidence_free.shape == (384 + 1, m)
 

@@ -14,12 +14,15 @@ the routing stage (`Profiles.quality`):
   task (one-hot) and a bias, and one on the embedding and a bias alone for rows without a known
   task (alpha chosen out of fold from EVIDENCE_ALPHAS): what the training rows say directly, at
   the cost of one small matrix product per batch;
-- the blend (the default): the calibrated score moved toward the evidence by one weight per kind
-  of row (task known or not), each chosen from BLEND_WEIGHTS by the routing it gives out of fold
+- the blend (the default): the calibrated score moved toward the evidence, with two weights per
+  kind of row (task known or not): one for the evidence's differences between models within the
+  row (from BLEND_WEIGHTS) and one for its level, the row's mean over models of evidence minus
+  score (from LEVEL_WEIGHTS). Both are chosen together by the routing they give out of fold
   (`routing_area`), not by squared error: squared error trusts the evidence most (weights of
   0.75-0.93 on the shared tables), which routes worse than the profile alone at lambda = 0 on
   held-out rows; the profile ranks models within a row better, the evidence ranks rows better.
-  The cap of 0.5 keeps the profile at least half of every prediction;
+  The cap of 0.5 on the first keeps the profile at least half of every comparison of models; the
+  level, which orders rows and not the models in one, may come from the evidence alone;
 - or the stack (`--stack`): per model, least squares of the score on (profile score, evidence, 1),
   calibrated by the isotonic map after it.
 
@@ -35,8 +38,9 @@ CALIBRATION_KNOTS = 32
 # Folds of the training table the out-of-fold scores come from.
 CALIBRATION_FOLDS = 5
 EVIDENCE_ALPHAS = (1.0, 10.0, 100.0)
-# The blend's candidate weights of the evidence (router.method.calibration module docstring).
+# The blend's candidate weights of the evidence (module docstring): within a row, and its level.
 BLEND_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+LEVEL_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 def evidence_features(embeddings: np.ndarray, tasks: np.ndarray | None, n_tasks: int) -> np.ndarray:
@@ -112,17 +116,26 @@ def routing_area(quality: np.ndarray, scores: np.ndarray) -> float:
     return float(reached.mean() / len(reached))
 
 
-def choose_blend(calibrated: np.ndarray, evidence: np.ndarray, scores: np.ndarray) -> float:
-    """The weight of the evidence in the blend, from BLEND_WEIGHTS: the best `routing_area` of the
-    out-of-fold calibrated profile scores moved toward the out-of-fold evidence (ties: the least
-    evidence)."""
-    areas = [routing_area(blended(calibrated, evidence, w), scores) for w in BLEND_WEIGHTS]
-    return float(BLEND_WEIGHTS[int(np.argmax(areas))])
+def choose_blend(calibrated: np.ndarray, evidence: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """float32 [2]: the weights of the evidence in the blend, within a row (from BLEND_WEIGHTS) and
+    of the row's level (from LEVEL_WEIGHTS), with the best `routing_area` of the out-of-fold
+    calibrated profile scores moved toward the out-of-fold evidence (ties: the least evidence)."""
+    pairs = [(w, v) for w in BLEND_WEIGHTS for v in LEVEL_WEIGHTS]
+    areas = [routing_area(blended(calibrated, evidence, pair), scores) for pair in pairs]
+    return np.array(pairs[int(np.argmax(areas))], np.float32)
 
 
-def blended(calibrated: np.ndarray, evidence: np.ndarray, weight: float) -> np.ndarray:
-    """The calibrated prediction moved toward the evidence by `weight`, in the prediction's dtype."""
-    return calibrated + np.asarray(weight, calibrated.dtype) * (evidence - calibrated)
+def blended(calibrated: np.ndarray, evidence: np.ndarray, weights) -> np.ndarray:
+    """The calibrated prediction [N, M] moved toward the evidence, in the prediction's dtype:
+    `weights` (within, level) move each cell's difference from its row's mean difference by the
+    first and that mean (the row's level) by the second; one number moves both alike (profile files
+    written before the split)."""
+    within, level = np.broadcast_to(np.asarray(weights, calibrated.dtype), (2,))
+    gap = evidence - calibrated
+    out = calibrated + within * gap
+    if level != within and gap.shape[1]:
+        out += (level - within) * gap.mean(axis=1, keepdims=True)
+    return out
 
 
 def stacked(stack: np.ndarray, profile: np.ndarray, evidence: np.ndarray) -> np.ndarray:

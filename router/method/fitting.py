@@ -68,8 +68,8 @@ class ProfileSettings:
     model, it keeps each row's order of models."""
     blend: bool = True
     """After calibrating, move the prediction toward the evidence heads (ridge on the embedding, and
-    the task where the row has a known one) by a weight chosen out of fold by the routing it gives
-    (router.method.calibration). Needs `calibrate`."""
+    the task where the row has a known one) by weights (within a row, and the row's level) chosen
+    out of fold by the routing they give (router.method.calibration). Needs `calibrate`."""
     stack: bool = False
     """Before calibrating, stack the profile's score per model with a ridge head on the embedding
     and the task (router.method.calibration), instead of the blend. Off by default: on the shared
@@ -331,7 +331,7 @@ def add_model(
 def _with_blend(profiles: Profiles, table: EvalTable, embeddings: np.ndarray, scores: np.ndarray, raw: np.ndarray,
                 raw_free: np.ndarray, fold: np.ndarray, s: ProfileSettings) -> Profiles:  # fmt: skip
     """`profiles` (calibrated) with the blend (router.method.calibration): the evidence heads, and
-    each kind of row's weight chosen on out-of-fold predictions of the training table: rows with
+    each kind of row's weights chosen on out-of-fold predictions of the training table: rows with
     their task (the profile's score with the task, the task's head) and rows without one (the
     profile's score without it, the head on the embedding alone)."""
     x_free = evidence_features(embeddings, None, 0)
@@ -349,7 +349,8 @@ def _with_blend(profiles: Profiles, table: EvalTable, embeddings: np.ndarray, sc
     else:  # no tasks: every row is a row without one
         w_task = w_free
         heads = dict(evidence=ridge(x_free, scores, alpha_free), evidence_free=None)
-    info["weights"] = {"task known": w_task, "no task": w_free}
+    info["weights"] = {"task known": [round(float(w), 2) for w in w_task], "no task": [round(float(w), 2) for w in w_free],
+                       "of": ["within a row", "the row's level"]}  # fmt: skip
     return replace(profiles, blend=np.array([w_task, w_free], np.float32), meta={**profiles.meta, "blend": info},
                    **heads)  # fmt: skip
 

@@ -225,8 +225,9 @@ class Profiles:
     evidence: np.ndarray | None = None
     stack: np.ndarray | None = None
     calibration: np.ndarray | None = None
-    # The blend (the default where the file has it, instead of a stack): float32 [2], the weight of
-    # the evidence in the calibrated prediction for rows with a known task and for the others;
+    # The blend (the default where the file has it, instead of a stack): float32 [2, 2], the weights
+    # of the evidence in the calibrated prediction (within a row, and the row's level) for rows with
+    # a known task and for the others (files written before the split: [2], one weight per kind);
     # float32 [D + 1, M], the evidence head of rows without a known task (embedding and bias; None
     # where the profiles have no tasks: `evidence` is that head then).
     blend: np.ndarray | None = None
