@@ -42,6 +42,26 @@ def test_a_calibration_fitted_on_half_the_prompts_prices_the_other_half(tokenize
     assert "calibrated on" in fit.describe()
 
 
+def test_a_plain_tokenizer_counts_as_auto_tokenizer_does_without_importing_torch(tmp_path):
+    """The plan's tokenizer of a folder whose tokenizer is its tokenizer.json alone is loaded without
+    AutoTokenizer (whose import pulls in torch), and counts the same tokens."""
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer
+
+    folder = str(build_standin(tmp_path / "tiny-llama"))
+    code = ("import sys, json; from router.backends.tokens import load_tokenizer, render_ids;"
+            f"t = load_tokenizer({folder!r}); ids = render_ids(t, json.loads(sys.argv[1]));"
+            "print(json.dumps({'torch': 'torch' in sys.modules, 'ids': ids}))")  # fmt: skip
+    texts = prompts()[:20] + ["", "naïve café 東京 🙂"]
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(texts)], capture_output=True, text=True,
+                         check=True, cwd=ROOT)  # fmt: skip
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["torch"] is False
+    assert got["ids"] == render_ids(AutoTokenizer.from_pretrained(folder, local_files_only=True), texts)
+
+
 def test_no_tokenizer_at_hand_is_none_and_nothing_is_downloaded(tmp_path):
     assert load_tokenizer(str(tmp_path / "no-weights-here")) is None
     assert load_tokenizer("an-org/a-model-that-is-not-in-the-cache") is None
