@@ -166,7 +166,7 @@ class ModelSpec:
 # Under a deadline the cost is GPU-seconds: a GPU-hour "costs" 3600 of them.
 GPU_SECOND = 3600.0
 
-ENCODER_BACKENDS = ("auto", "torch", "onnx", "sentence-transformers")
+ENCODER_BACKENDS = ("auto", "torch", "onnx", "onnx-int8", "sentence-transformers")
 GENERATION_BACKENDS = ("vllm", "transformers", "openai")
 
 
@@ -181,8 +181,10 @@ class EncoderSpec:
     device: str = "auto"
     """`auto` (GPU when the cluster has one), `cpu` or `cuda`."""
     backend: str = "auto"
-    """`auto` (torch fp16 on a GPU, ONNX Runtime on a CPU), `torch`, `onnx`, or
-    `sentence-transformers` (its own `encode`: slower, the reference)."""
+    """`auto` (torch fp16 on a GPU, ONNX Runtime on a CPU), `torch`, `onnx`, `onnx-int8` (ONNX
+    Runtime with int8 weights: about 2x `onnx` on a CPU, embeddings at cosine >= 0.98 to the
+    model's, routing at par; bench/README.md), or `sentence-transformers` (its own `encode`: slower,
+    the reference)."""
     tokenizers: int = 0
     """Tokenizer actors (CPU) feeding GPU encoders; 0: as many as half the cluster's CPUs. A CPU
     encoder tokenizes its own batches."""

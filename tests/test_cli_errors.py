@@ -33,7 +33,7 @@ def prompts(tmp_path_factory):
         (["models.gemma-2-9b-it.name=gpt-17"], "unknown model 'gpt-17'"),
         (["models.nobody.max_tokens=3"], "unknown model 'nobody'"),
         (["budget.mode=soft"], "budget.mode must be expected or hard"),
-        (["encoder.backend=tensorrt"], "encoder.backend must be one of auto, torch, onnx, sentence-transformers"),
+        (["encoder.backend=tensorrt"], "encoder.backend must be one of auto, torch, onnx, onnx-int8, sentence-transformers"),
         (["encoder.tokenizers=-2"], "encoder.tokenizers must be a whole number >= 0"),
         (["models.gemma-2-9b-it.max_rows=-1"], "models.gemma-2-9b-it.max_rows must be a whole number >= 0"),
         (["models.gemma-2-9b-it.max_spend=lots"], "models.gemma-2-9b-it.max_spend must be a number"),

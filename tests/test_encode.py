@@ -43,6 +43,23 @@ def test_backends_match_sentence_transformers(reference, backend):
     assert enc.encode([]).shape == (0, enc.dim)
 
 
+def test_the_int8_backend_stays_close_to_the_model(reference):
+    """`onnx-int8` (opt-in, about 2x `onnx` on a CPU) trades a little of the embedding for speed:
+    unit rows near the model's own, from one quantized file made once."""
+    from router.backends.encoder import quantize_onnx
+
+    enc = EmbeddingModel("minilm", device="cpu", backend="onnx-int8")
+    assert enc.backend == "onnx-int8"
+    for window in ("tail", "head"):
+        ref = reference.encode(TEXTS, window)
+        got = enc.encode(TEXTS, window)
+        np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+        cos = (got * ref).sum(1)
+        assert cos.min() >= 0.97 and cos.mean() >= 0.98, cos
+        assert cos.min() < 0.99999  # quantized for real, not the float model again
+    assert quantize_onnx(enc.folder) == quantize_onnx(enc.folder)  # made once, then read back
+
+
 @pytest.mark.slow
 def test_same_routing_decisions_on_llmrouter_test(shared_data, reference):
     """The issue's yardstick: >= 99% of the llmrouter-9models test rows get the same best model,

@@ -51,7 +51,7 @@ class Encoder:
     """Ray Data stage: adds `embedding` (fixed-size list of float32) to every row and drops
     `input_ids`.
 
-    Rows arrive tokenized by `Tokenize` (backends torch and onnx) or as text (backend
+    Rows arrive tokenized by `Tokenize` (backends torch, onnx, onnx-int8) or as text (backend
     sentence-transformers). Only rows still `ok` are encoded; the others get zero vectors and are
     never routed.
     """
