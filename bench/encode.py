@@ -188,7 +188,7 @@ def main() -> None:
         results.append((f"tokenize only, {'all ' + str(cores) + ' cores' if parallel == 'true' else 'one core'}",
                          sec, None))  # fmt: skip
 
-    backends = ["torch"] if cuda else ["torch", "onnx"]
+    backends = ["torch"] if cuda else ["torch", "onnx", "onnx-int8"]
     for backend in backends:
         enc = EmbeddingModel(model, device=args.device, backend=backend, max_batch_tokens=args.batch_tokens)
         ids = tok.ids(texts)
