@@ -11,7 +11,11 @@ on the same embeddings and the oracle, then whether each quality target holds:
 - routerdc-7models in distribution (7,598 train, 10,121 test rows): the router beats the best
   single model by at least 4.5 points;
 - routerdc-7models out of distribution (the same training rows; 2,881 rows of four tasks never
-  trained on): by at least 5 points, and beats the k-nearest-neighbour router.
+  trained on): by at least 5 points, and beats the k-nearest-neighbour router;
+- on each, the expected calibration error of the router's predicted quality is at most 0.05.
+
+It also prints the router against the best of `router eval`'s strong simple baselines (AIQ, and
+accuracy at each budget fraction, in points).
 
 Most of the time is encoding about 26,000 prompts (cached under ROUTER_CACHE_DIR: a second run
 takes seconds). `--every K` keeps every K-th row of each file, for a quicker, noisier look; the
@@ -69,6 +73,25 @@ def runs(data: Path, k: int, folder: Path) -> list[tuple[str, dict]]:
 
 def targets(label: str, r: dict) -> list[tuple[str, bool]]:
     """The quality targets of one evaluation: (what, whether it holds)."""
+    return _targets(label, r) + [(f"router's calibration error <= 0.05 (is {ece(r):.3f})", ece(r) <= 0.05)]
+
+
+def ece(r: dict) -> float:
+    return r["comparison"]["router"]["calibration"]["ece"]
+
+
+def against_baselines(r: dict) -> str:
+    """The router against the best of the strong simple baselines (task mean, kNN with the task
+    mean, ridge): AIQ and accuracy at each budget fraction, in points (issue's aim: +1 at each)."""
+    c = r["comparison"]
+    others = [d for name, d in c.items() if name != "router"]
+    at = c["router"]["at"]
+    diffs = [100 * (at[f]["accuracy"] - max(d["at"][f]["accuracy"] for d in others)) for f in at]
+    return (f"AIQ {c['router']['aiq']:.4f} ({100 * (c['router']['aiq'] - max(d['aiq'] for d in others)):+.2f}); "
+            "per budget fraction " + ", ".join(f"x{f} {d:+.1f}" for f, d in zip(at, diffs)))  # fmt: skip
+
+
+def _targets(label: str, r: dict) -> list[tuple[str, bool]]:
     gain = r["router"]["accuracy"] - r["best_single"]["accuracy"]
     if label.startswith("llmrouter"):
         at = r["at_budget"]
@@ -90,7 +113,7 @@ def main() -> int:
         return 2
     header = ("test rows", 9), ("best single", 11), ("router", 8), ("knn", 8), ("oracle", 8), ("seconds", 8)
     print(f"{'evaluation':52}", *(f"{name:>{width}}" for name, width in header))
-    held = []
+    held, vs = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for label, kwargs in runs(args.data, args.every, Path(tmp)):
             t0 = time.perf_counter()
@@ -101,6 +124,8 @@ def main() -> int:
             print(f"{label:52} {r['n_test']:9,} {r['best_single']['accuracy']:11.4f} {router['accuracy']:8.4f} "
                   f"{knn['accuracy']:8.4f} {r['oracle']['accuracy']:8.4f} {seconds:8.1f}", flush=True)  # fmt: skip
             held += [(label, what, ok) for what, ok in targets(label, r)]
+            vs.append(f"  {label}: {against_baselines(r)}")
+    print("\nthe router against the best strong simple baseline (points; not a target here):", *vs, sep="\n")
     print()
     for label, what, ok in held:
         print(f"  {'holds' if ok else 'FAILS':5}  {label}: {what}")
