@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from router.method.evaluate import evaluate  # noqa: E402
+from router.method.evaluate import evaluate, router_margins  # noqa: E402
 
 TASKS = ("mmlu", "cmmlu", "arc_easy", "arc_challenge", "humaneval")
 OOD = ("MATH_prealgebra", "ceval", "mbpp", "javascript")
@@ -83,12 +83,9 @@ def ece(r: dict) -> float:
 def against_baselines(r: dict) -> str:
     """The router against the best of the strong simple baselines (task mean, kNN with the task
     mean, ridge): AIQ and accuracy at each budget fraction, in points (issue's aim: +1 at each)."""
-    c = r["comparison"]
-    others = [d for name, d in c.items() if name != "router"]
-    at = c["router"]["at"]
-    diffs = [100 * (at[f]["accuracy"] - max(d["at"][f]["accuracy"] for d in others)) for f in at]
-    return (f"AIQ {c['router']['aiq']:.4f} ({100 * (c['router']['aiq'] - max(d['aiq'] for d in others)):+.2f}); "
-            "per budget fraction " + ", ".join(f"x{f} {d:+.1f}" for f, d in zip(at, diffs)))  # fmt: skip
+    at, area = router_margins(r["comparison"])
+    return (f"AIQ {r['comparison']['router']['aiq']:.4f} ({100 * area:+.2f}); "
+            "per budget fraction " + ", ".join(f"x{f} {100 * d:+.1f}" for f, d in at.items()))  # fmt: skip
 
 
 def _targets(label: str, r: dict) -> list[tuple[str, bool]]:

@@ -10,7 +10,9 @@ not on this machine), the plan falls back to the UTF-8 estimate and says so.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -56,9 +58,6 @@ def load_tokenizer(weights: str) -> Any | None:
 
 def _plain_tokenizer(weights: str) -> bool:
     """Whether `weights` is a folder whose tokenizer is its `tokenizer.json` alone (PLAIN_TOKENIZERS)."""
-    import json
-    import os
-
     config = os.path.join(weights, "tokenizer_config.json")
     if not (os.path.isfile(config) and os.path.isfile(os.path.join(weights, "tokenizer.json"))):
         return False

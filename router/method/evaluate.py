@@ -573,11 +573,19 @@ def _comparison_lines(r: dict[str, Any]) -> list[str]:
     for name, d in c.items():
         lines.append(f"  {name:10}" + "".join(f"{d['at'][f]['accuracy']:9.4f}" for f in fr)
                      + f"{d['aiq']:9.4f}{d['calibration']['ece']:8.3f}")  # fmt: skip
-    best = {f: max(d["at"][f]["accuracy"] for n, d in c.items() if n != "router") for f in fr}
-    lines.append("  router - best baseline: " + ", ".join(
-        f"x{f} {c['router']['at'][f]['accuracy'] - best[f]:+.4f}" for f in fr)
-        + f"; AIQ {c['router']['aiq'] - max(d['aiq'] for n, d in c.items() if n != 'router'):+.4f}")  # fmt: skip
+    at, area = router_margins(c)
+    lines.append("  router - best baseline: " + ", ".join(f"x{f} {d:+.4f}" for f, d in at.items())
+                 + f"; AIQ {area:+.4f}")  # fmt: skip
     return lines
+
+
+def router_margins(comparison: dict[str, Any]) -> tuple[dict[str, float], float]:
+    """The router against the best of the strong simple baselines in `compare`'s result: its
+    accuracy minus theirs at each budget fraction, and its AIQ minus theirs."""
+    others = [d for name, d in comparison.items() if name != "router"]
+    router = comparison["router"]
+    at = {f: router["at"][f]["accuracy"] - max(d["at"][f]["accuracy"] for d in others) for f in router["at"]}
+    return at, router["aiq"] - max(d["aiq"] for d in others)
 
 
 def plot_reliability(r: dict[str, Any], path: str) -> None:

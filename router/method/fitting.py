@@ -310,7 +310,7 @@ def add_model(
     elif profiles.stack is not None and profiles.evidence is not None:
         stacked_parts = _added_stack(profiles, table, model, embeddings, keep, ann)
     elif profiles.calibration is not None:  # the one map the pool shares
-        stacked_parts = {"calibration": np.concatenate([profiles.calibration, profiles.calibration[:, :, :1]], axis=2)}
+        stacked_parts = {"calibration": _calibration_for_one_more(profiles.calibration)}
     meta = dict(profiles.meta)
     meta["added_models"] = [*meta.get("added_models", []),
                             {"model": name, "from": [Path(s).name for s in table.sources], "rows": int(keep.sum()),
@@ -363,7 +363,7 @@ def _added_blend(profiles: Profiles, table: EvalTable, model: str, embeddings: n
     y = table.scores[rows, table.models.index(model)][:, None].astype(np.float64)
     alphas = profiles.meta.get("blend", {}).get("evidence_alpha", {})
     free = ridge(evidence_features(embeddings[rows], None, 0), y, float(alphas.get("free", EVIDENCE_ALPHAS[0])))
-    out = {"calibration": np.concatenate([profiles.calibration, profiles.calibration[:, :, :1]], axis=2)}
+    out = {"calibration": _calibration_for_one_more(profiles.calibration)}
     if profiles.evidence_free is None:
         out["evidence"] = np.hstack([profiles.evidence, free])
         return out
@@ -396,9 +396,14 @@ def _added_stack(profiles: Profiles, table: EvalTable, model: str, embeddings: n
     return {
         "evidence": np.hstack([profiles.evidence, ridge(x, y, alpha)]),
         "stack": np.hstack([profiles.stack, fit_stack(raw, evidence, y)]),
-        "calibration": np.concatenate([profiles.calibration, profiles.calibration[:, :, :1]], axis=2)
-        if profiles.calibration is not None else None,
+        "calibration": None if profiles.calibration is None else _calibration_for_one_more(profiles.calibration),
     }
+
+
+def _calibration_for_one_more(calibration: np.ndarray) -> np.ndarray:
+    """The pool's calibration map [2, knots, M] with a column for one more model: the map is one,
+    shared by every model (router.method.calibration.fit_calibration)."""
+    return np.concatenate([calibration, calibration[:, :, :1]], axis=2)
 
 
 def _added_lengths(profiles: Profiles, table: EvalTable, col: int, keep: np.ndarray, ann) -> LengthProfile | None:
