@@ -1,6 +1,6 @@
 """How well the generation stage keeps one engine busy when answers vary in length.
 
-    python bench/feeding.py [--rows 4096] [--batch 256] [--max-tokens 256] [--calls N[,N...]] [--order]
+    python bench/feeding.py [--rows 4096] [--batch 256] [--max-tokens 256] [--calls N[,N...]] [--order] [--repeat K]
     python bench/feeding.py --model 1b --rows 20000 --max-tokens 512     # on a GPU machine with vLLM
 
 One started vLLM engine (the stand-in, vLLM's CPU build here) serves four pool models whose
@@ -22,7 +22,8 @@ the GPU check of continuous feeding. Where the machine has a GPU both sides run 
 engine (its core in a process of its own); on a CPU both run it in-process, as the job does.
 
 Prints answer tokens per second over each one's generation span and its share of the baseline,
-and how the lengths are spread.
+the engine steps each took (how full each kept the running batch: the one figure here that the
+machine's speed does not move), and how the lengths are spread.
 """
 
 from __future__ import annotations
@@ -97,10 +98,25 @@ def baseline(n: int, max_tokens: int, size: str = "tiny") -> dict:
     params = [sampling[m] for m in names]
     warm = [{"prompt_token_ids": t} for t in render_ids(tokenizer, prompts[:8])]
     llm.generate(warm, params[:8], use_tqdm=False)
+    steps = count_steps(llm)
     t0 = time.perf_counter()
     requests = [{"prompt_token_ids": t} for t in render_ids(tokenizer, prompts)]
     out = llm.generate(requests, params, use_tqdm=False)
-    return {"seconds": time.perf_counter() - t0, "lengths": [len(o.outputs[0].token_ids) for o in out]}
+    return {"seconds": time.perf_counter() - t0, "lengths": [len(o.outputs[0].token_ids) for o in out],
+            "steps": steps[0]}  # fmt: skip
+
+
+def count_steps(llm) -> list[int]:
+    """From now on, count the engine's steps (an in-process engine: where the device's time goes
+    is the same on both sides; the step count says how full each kept the running batch)."""
+    engine, step, count = llm.llm_engine, llm.llm_engine.step, [0]
+
+    def counted():
+        count[0] += 1
+        return step()
+
+    engine.step = counted
+    return count
 
 
 def main() -> None:
@@ -109,11 +125,15 @@ def main() -> None:
     ap.add_argument("--model", choices=sorted(SHAPES), default="tiny", help="the stand-in, or ~1B random weights")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--max-tokens", type=int, default=256)
-    ap.add_argument("--calls", default=None, help="calls at once, or a list (8,16,32) to compare; default: the job's "
-                    "(engine_calls_in_flight)")
+    ap.add_argument("--calls", default=None, help="calls at once, or a list (16,auto,64) to compare; auto "
+                    "(default): the job's (engine_calls_in_flight, from the predicted lengths with --order)")
     ap.add_argument("--one-at-a-time", action="store_true", help="also run the calls one after another (slow)")
     ap.add_argument("--order", action="store_true", help="give each row its model's mean answer length as its "
-                    "predicted length: each call starts its longest first")
+                    "predicted length, as a length profile would: each call starts its longest first, and "
+                    "the calls at once follow the predicted lengths as the job's do")
+    ap.add_argument("--repeat", type=int, default=1, help="run both sides this many times, alternating (the "
+                    "baseline in a fresh process each time), and report the median: this machine's speed "
+                    "moves by 10-20%% between runs")
     ap.add_argument("--baseline-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.baseline_only:  # the baseline's own process (an engine each: two in one process slow each other)
@@ -127,13 +147,16 @@ def main() -> None:
     from router import schema as S
     from router.backends.generators import ModelSettings, VLLMGenerator
     from router.config import GenerationSpec
-    from router.job.engines import engine_calls_in_flight
+    from router.job.engines import AnswerLengths, engine_calls_in_flight
 
-    done = subprocess.run([sys.executable, __file__, "--baseline-only", "--rows", str(args.rows), "--max-tokens",
-                           str(args.max_tokens), "--model", args.model], stdout=subprocess.PIPE, text=True,
-                          check=True)  # fmt: skip
-    base = json.loads(done.stdout.strip().splitlines()[-1])
-    base_s, lengths = base["seconds"], np.array(base["lengths"])
+    def run_baseline() -> dict:
+        done = subprocess.run([sys.executable, __file__, "--baseline-only", "--rows", str(args.rows), "--max-tokens",
+                               str(args.max_tokens), "--model", args.model], stdout=subprocess.PIPE, text=True,
+                              check=True)  # fmt: skip
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    bases = [run_baseline()]
+    lengths = np.array(bases[0]["lengths"])
     base_tokens = int(lengths.sum())
 
     prompts, names = rows(args.rows)
@@ -141,38 +164,65 @@ def main() -> None:
     settings = {name: ModelSettings(max_tokens=args.max_tokens, input_price=0.0, output_price=0.0, temperature=0.0,
                                     eos_bias=bias) for name, bias in EOS_BIASES.items()}  # fmt: skip
     gpu = on_gpu()
-    args_ = engine_args(gpu)
-    gen = VLLMGenerator(model(args.model), models=settings, max_model_len=args_.pop("max_model_len"),
-                        dtype=args_.pop("dtype"), engine_kwargs=args_)  # fmt: skip
-    calls = ([int(c) for c in args.calls.split(",")] if args.calls
-             else [engine_calls_in_flight(gen_spec, "vllm", on_gpu=gpu)])  # fmt: skip
     table = pa.table({S.ID: [str(i) for i in range(args.rows)], S.PROMPT: prompts, S.MODEL: names,
                       S.STATUS: [S.OK] * args.rows})  # fmt: skip
+    predicted = None
     if args.order:  # the prediction a router has: each model's mean answer length
         mean = {m: float(np.mean(lengths[np.array(names) == m])) for m in EOS_BIASES}
         table = table.append_column(S.EST_OUTPUT_TOKENS, pa.array([mean[m] for m in names], pa.float32()))
+        predicted = AnswerLengths(float(np.mean([mean[m] for m in names])), args.max_tokens)
+    auto = engine_calls_in_flight(gen_spec, "vllm", gpu, predicted)
+    calls = [auto if c == "auto" else int(c) for c in (args.calls or "auto").split(",")]
     batches = [table.slice(lo, args.batch) for lo in range(0, args.rows, args.batch)]
-    gen(table.slice(0, 8))  # warm the engine up
 
-    def stage(at_once: int) -> tuple[float, int]:
+    def started() -> tuple[VLLMGenerator, list[int]]:
+        """The stage's engine, warmed up, and its step counter."""
+        kwargs = engine_args(gpu)
+        gen = VLLMGenerator(model(args.model), models=settings, max_model_len=kwargs.pop("max_model_len"),
+                            dtype=kwargs.pop("dtype"), engine_kwargs=kwargs)  # fmt: skip
+        gen(table.slice(0, 8))
+        return gen, count_steps(gen.llm)
+
+    gen, steps = started()
+
+    def stage(at_once: int) -> tuple[float, int, int]:
+        before = steps[0]
         t0 = time.perf_counter()
         with ThreadPoolExecutor(at_once) as pool:
             out = list(pool.map(gen, batches))
         seconds = time.perf_counter() - t0
-        return seconds, sum(sum(t[S.OUTPUT_TOKENS].to_pylist()) for t in out)
+        return seconds, sum(sum(t[S.OUTPUT_TOKENS].to_pylist()) for t in out), steps[0] - before
 
-    runs = [(f"stage: calls of {args.batch} rows, {k} at once", *stage(k)) for k in calls]
+    labels = [f"stage: calls of {args.batch} rows, {k} at once" for k in calls]
+    runs: dict[str, list[tuple[float, int, int]]] = {label: [] for label in labels}
+    ratios: dict[str, list[float]] = {label: [] for label in labels}
+    for r in range(args.repeat):
+        if r:  # one engine on the machine at a time: the baseline's process builds its own
+            gen.close()
+            bases.append(run_baseline())
+            gen, steps = started()
+        for k, label in zip(calls, labels):
+            runs[label].append(stage(k))
+            ratios[label].append(runs[label][-1][1] / runs[label][-1][0] / (base_tokens / bases[-1]["seconds"]))
     if args.one_at_a_time:
-        runs.append((f"one call of {args.batch} rows at a time", *stage(1)))
+        labels.append(f"one call of {args.batch} rows at a time")
+        runs[labels[-1]] = [stage(1)]
+        ratios[labels[-1]] = [runs[labels[-1]][0][1] / runs[labels[-1]][0][0] / (base_tokens / bases[-1]["seconds"])]
     gen.close()
 
     print(f"{args.rows} rows, {args.model} model on {'a GPU' if gpu else 'the CPU'}, 4 pool models on one engine, max_tokens {args.max_tokens}; answer tokens: median "
           f"{np.median(lengths):.0f}, p90 {np.percentile(lengths, 90):.0f}, max {lengths.max()}, "
-          f"{np.mean(lengths == args.max_tokens):.1%} at max_tokens")  # fmt: skip
-    print(f"{'':40} {'seconds':>8} {'answer tokens':>14} {'tokens/s':>9} {'of baseline':>12}")
-    rate = base_tokens / base_s
-    for label, s, n in [("baseline: one LLM.generate", base_s, base_tokens), *runs]:
-        print(f"{label:40} {s:8.1f} {n:14d} {n / s:9.0f} {n / s / rate:11.0%}")
+          f"{np.mean(lengths == args.max_tokens):.1%} at max_tokens"
+          + (f"; {args.repeat} runs each, alternating, medians" if args.repeat > 1 else ""))  # fmt: skip
+    print(f"{'':40} {'seconds':>8} {'answer tokens':>14} {'tokens/s':>9} {'steps':>6} {'of baseline':>12}")
+    base_s = float(np.median([b["seconds"] for b in bases]))
+    print(f"{'baseline: one LLM.generate':40} {base_s:8.1f} {base_tokens:14d} {base_tokens / base_s:9.0f} "
+          f"{int(np.median([b['steps'] for b in bases])):6d} {1:11.0%}")  # fmt: skip
+    for label in labels:
+        s_, n, st = (float(np.median([x[i] for x in runs[label]])) for i in range(3))
+        spread = f" ({min(ratios[label]):.0%}-{max(ratios[label]):.0%})" if len(ratios[label]) > 1 else ""
+        print(f"{label:40} {s_:8.1f} {int(n):14d} {n / s_:9.0f} {int(st):6d} {np.median(ratios[label]):11.0%}{spread}")
+
 
 if __name__ == "__main__":
     main()

@@ -288,10 +288,11 @@ class GenerationSpec:
     """Calls of batch_size rows one engine holds at once (threads of its actor). vLLM takes every
     call's rows into one running batch, so the next calls' rows wait in the engine while the
     current ones finish. A call returns only with its longest answer, so with answers of very
-    different lengths many calls must be open to keep the batch full. None (auto): 16 of vLLM's
-    default running batches (256 sequences on the CPU build: 16 calls of 256; up to 1024 on large
-    GPUs: 64 calls); an endpoint's engine takes 2 (its requests in flight are `concurrency`), a
-    transformers engine 1."""
+    different lengths many calls must be open to keep the batch full. None (auto): from the pool's
+    predicted answers, 1 + max_tokens / mean predicted answer of vLLM's default running batches
+    (Little's law), between 16 and 64 of them (256 sequences on the CPU build: 16 to 64 calls of
+    256; 1024 on large GPUs: 64 to 128 calls, the most); an endpoint's engine takes 2 (its requests
+    in flight are `concurrency`), a transformers engine 1."""
     cpu_threads: int | None = None
     """Compute threads of each engine on vLLM's CPU build. None: the cores of the machine the job
     starts on, shared by the pool's replicas (a laptop); set it on a cluster of CPU nodes."""

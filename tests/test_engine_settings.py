@@ -72,6 +72,54 @@ def test_engines_hold_enough_calls_to_stay_full():
         GenerationSpec(calls_in_flight=0)
 
 
+def test_engines_are_fed_deeper_when_most_answers_are_far_shorter_than_max_tokens():
+    from router.job.engines import AnswerLengths, engine_calls_in_flight
+
+    spec = GenerationSpec()  # calls of 256 rows
+
+    def calls(mean: float, most: int, on_gpu: bool = False, **kw) -> int:
+        return engine_calls_in_flight(kw.pop("spec", spec), kw.pop("backend", "vllm"), on_gpu, AnswerLengths(mean, most))
+
+    # A call holds its rows until its longest answer: 1 + max_tokens / mean running batches in flight.
+    assert calls(9.0, 256) == 30  # 1 + 256 / 9 = 29.4 running batches of 256 on the CPU build
+    assert calls(200.0, 256) == 16 and calls(256.0, 256) == 16  # never fewer than 16 running batches
+    assert calls(1.0, 4096) == 64  # nor more than 64
+    assert calls(1.0, 4096, on_gpu=True) == 128  # 64 x 1024 / 256 = 256 threads: capped at 128
+    assert calls(100.0, 1024, on_gpu=True) == 64  # 11.2 running batches of 1024: the floor's 16 again
+    # Engines started before routing hold threads for the most it may be; a setting or another backend wins.
+    assert engine_calls_in_flight(spec, "vllm", False, most=True) == 64
+    assert engine_calls_in_flight(spec, "vllm", True, most=True) == 128
+    assert calls(9.0, 256, spec=GenerationSpec(calls_in_flight=5)) == 5
+    assert calls(9.0, 256, backend="openai") == 2
+
+
+def test_a_pools_answer_lengths_come_from_its_routed_rows():
+    import pyarrow as pa
+
+    from router import schema as S
+    from router.cost import planned_output_tokens
+    from router.job.engines import AnswerLengths, schedule_pools
+    from router.job.tally import ModelTally, tally_batch, tally_parts
+
+    cfg = load_config(CONFIG, ["input=x", "output=y", "generation.standin=true", "generation.device=cpu"])
+    first, second = cfg.models[0].name, cfg.models[1].name
+    routed = pa.table({
+        S.PROMPT: ["a", "b", "c", "d", "e"],
+        S.MODEL: [first, first, first, second, None],
+        S.STATUS: [S.OK, S.OK, S.TOO_LONG, S.OK, S.OVER_BUDGET],
+        S.EST_OUTPUT_TOKENS: pa.array([4.0, 10.0, 99.0, None, None], pa.float32()),
+    })  # fmt: skip
+    tallies = {t.model: t for t in tally_parts(tally_batch(routed).to_pylist())[0]}
+    assert tallies[first].ok_answer_tokens == 14.0  # the ok rows' predictions only
+    assert ModelTally.from_dict(tallies[first].to_dict()) == tallies[first]
+    # A model whose rows carry no prediction (no length profile) counts at its planned answer.
+    by_model = [tallies[first], ModelTally(second, rows=1, ok_rows=1), tallies[None]]
+    (pool,) = schedule_pools(cfg, by_model, build=False)[0]  # the stand-in: every model on one engine
+    m = cfg.models[1]
+    planned = planned_output_tokens(m.expected_output_tokens, cfg.budget.default_output_tokens, m.max_tokens)
+    assert pool.lengths == AnswerLengths((14.0 + planned) / 3, max(cfg.models[0].max_tokens, m.max_tokens))
+
+
 def test_a_cpu_engine_takes_its_share_of_the_cores():
     import os
 

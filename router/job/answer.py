@@ -27,7 +27,9 @@ import pyarrow as pa
 from router.config import JobConfig
 from router.job import build
 from router.job.cluster import driver_batches, in_thread, log, small_job
-from router.job.engines import EnginePool, engine_died, engine_failure, engine_groups, schedule_pools, standin_weights
+from router.job.engines import (
+    EnginePool, engine_calls_in_flight, engine_died, engine_failure, engine_groups, schedule_pools, standin_weights,
+)  # fmt: skip
 from router.job.output import (
     Committed, Prior, commit_shard, finalize, raise_fence, read_prior, written_rows_and_tokens,
 )  # fmt: skip
@@ -105,7 +107,13 @@ def answer_pool(cfg: JobConfig, pool: EnginePool, assigned, resumed: Prior | Non
     t0 = time.perf_counter()
     where = engine.base_url if engine.backend == "openai" else engine.backend
     gpus = f", {engine.tensor_parallel} GPU{'s' if engine.tensor_parallel > 1 else ''} each" if pool.on_gpu else ""
-    log(f"generate {pool.label}: {pool.replicas} engine(s) of {engine.weights} ({where}{gpus})")
+    calls = engine_calls_in_flight(cfg.generation, engine.backend, pool.on_gpu, pool.lengths)
+    if started is not None:
+        calls = min(calls, started.calls)
+    fed = f", {calls} calls of {cfg.generation.batch_size} rows in flight each" if calls > 1 else ""
+    if fed and pool.lengths is not None and cfg.generation.calls_in_flight is None and engine.backend == "vllm":
+        fed += f" (answers predicted {pool.lengths.mean:.3g} tokens on average, up to {pool.lengths.most})"
+    log(f"generate {pool.label}: {pool.replicas} engine(s) of {engine.weights} ({where}{gpus}){fed}")
     fence = f"fence-{uuid.uuid4().hex}"
     began = time.time()
     start: EngineStart | None = None
@@ -113,7 +121,7 @@ def answer_pool(cfg: JobConfig, pool: EnginePool, assigned, resumed: Prior | Non
         if started is None:
             written = answer_with_own_engines(cfg, pool, rows, fence, ledger, keep_refused)
         else:
-            written, start = answer_with_started_engines(cfg, pool, assigned, rows, started, fence, keep_refused)
+            written, start = answer_with_started_engines(cfg, pool, assigned, rows, started, calls, fence, keep_refused)
     except Exception as e:
         written = after_failure(cfg, pool, rows, e, fence, resumed)
     seconds = time.perf_counter() - t0
@@ -143,9 +151,10 @@ def answer_with_own_engines(cfg: JobConfig, pool: EnginePool, rows, fence: str, 
     return write_shards(cfg, build.generate(cfg, pool, ledger).apply(engine_calls(cfg, rows)), fence, keep_refused)
 
 
-def answer_with_started_engines(cfg: JobConfig, pool: EnginePool, assigned, rows, started: StartedEngines,
+def answer_with_started_engines(cfg: JobConfig, pool: EnginePool, assigned, rows, started: StartedEngines, calls: int,
                                 fence: str, keep_refused: bool = True) -> tuple[Committed, EngineStart]:
-    """Feed engines started earlier: from the driver for a small job, else through feeder actors.
+    """Feed engines started earlier, `calls` batches in flight per engine (`engine_calls_in_flight`
+    for the pool's rows): from the driver for a small job, else through feeder actors.
     The engines may still be starting: the rows wait at them, while a thread waits for their
     start. A start that fails fails the pass too, and one that times out stops the engines,
     which ends the pass."""
@@ -153,9 +162,9 @@ def answer_with_started_engines(cfg: JobConfig, pool: EnginePool, assigned, rows
     try:
         if small_job(assigned):
             pool_rows = (build.select_rows(b, pool.names) for b in driver_batches(assigned))
-            written = feed_from_driver(cfg, pool_rows, started, fence, keep_refused)
+            written = feed_from_driver(cfg, pool_rows, started, calls, fence, keep_refused)
         else:
-            written = feed_through_feeders(cfg, rows, started, fence, keep_refused)
+            written = feed_through_feeders(cfg, rows, started, calls, fence, keep_refused)
     except Exception:
         raise_start_error(ready)
         raise
@@ -179,23 +188,24 @@ def engine_calls(cfg: JobConfig, rows):
     return rows.repartition(target_num_rows_per_block=cfg.generation.batch_size)
 
 
-def feed_through_feeders(cfg: JobConfig, rows, started: StartedEngines, fence: str, keep_refused: bool = True) -> Committed:
-    """A Ray Data pass of feeder actors handing the rows to the started engines."""
-    return write_shards(cfg, build.feed(cfg, started.actors, started.calls).apply(engine_calls(cfg, rows)), fence,
-                        keep_refused)  # fmt: skip
+def feed_through_feeders(cfg: JobConfig, rows, started: StartedEngines, calls: int, fence: str,
+                         keep_refused: bool = True) -> Committed:  # fmt: skip
+    """A Ray Data pass of feeder actors handing the rows to the started engines, `calls` batches in
+    flight per engine."""
+    return write_shards(cfg, build.feed(cfg, started.actors, calls).apply(engine_calls(cfg, rows)), fence, keep_refused)
 
 
-def feed_from_driver(cfg: JobConfig, rows: Iterable[pa.Table], started: StartedEngines, fence: str,
+def feed_from_driver(cfg: JobConfig, rows: Iterable[pa.Table], started: StartedEngines, calls: int, fence: str,
                      keep_refused: bool = True) -> Committed:
     """A small job's rows for started engines, fed from the driver: calls of generation.batch_size
-    rows, as many in flight per engine as it runs at once (`StartedEngines.calls`), answers
+    rows, `calls` in flight per engine (at most its threads, `StartedEngines.calls`), answers
     committed in shards of about generation.shard_rows as they come. A Ray Data pass here would
     first start its feeder actors and task workers (seconds before the first batch reached the
     engine); the engines' restarts and retries are the same either way (`engine_restarts`)."""
     import ray
 
     size = cfg.generation.batch_size
-    calls = (t.slice(lo, size) for t in rows for lo in range(0, t.num_rows, size))
+    batches = (t.slice(lo, size) for t in rows for lo in range(0, t.num_rows, size))
     flying: dict[Any, int] = {}  # call -> engine
     load = [0] * len(started.actors)
     commits: list[dict[str, Any]] = []
@@ -203,8 +213,8 @@ def feed_from_driver(cfg: JobConfig, rows: Iterable[pa.Table], started: StartedE
 
     def send() -> None:
         for i, engine in enumerate(started.actors):
-            while load[i] < started.calls:
-                batch = next(calls, None)
+            while load[i] < calls:
+                batch = next(batches, None)
                 if batch is None:
                     return
                 flying[engine.answer.remote(batch)] = i

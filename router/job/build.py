@@ -163,7 +163,8 @@ def generate(cfg: JobConfig, pool: EnginePool, ledger: Any = None) -> StageSpec:
                                         pool.replicas)  # fmt: skip
     return StageSpec(
         BACKENDS[engine.backend], **resources, actors=dict(size=pool.replicas), batch_size=cfg.generation.batch_size,
-        calls=engine_calls_in_flight(cfg.generation, engine.backend, pool.on_gpu), fn_constructor_kwargs=kwargs,
+        calls=engine_calls_in_flight(cfg.generation, engine.backend, pool.on_gpu, pool.lengths),
+        fn_constructor_kwargs=kwargs,
         ray_remote_args_fn=partial(engine_restarts, cfg.generation.engine_retries),
     )  # fmt: skip
 

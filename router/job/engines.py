@@ -39,6 +39,8 @@ class EnginePool:
     members: tuple[ModelSpec, ...]
     replicas: int
     on_gpu: bool
+    lengths: AnswerLengths | None = None
+    """Its rows' predicted answers (None: not known yet, before routing)."""
 
     @property
     def names(self) -> list[str]:
@@ -116,7 +118,7 @@ def schedule_pools(cfg: JobConfig, by_model: list[ModelTally], build: bool = Tru
     loads = pool_loads(cfg, groups, by_model)
     on_gpu = wants_gpus(cfg.generation.device)
     gpu_engines = [e for e in loads if on_gpu and e.backend == "vllm"]
-    gpus = cfg.generation.gpus or int(gpus_available())
+    gpus = (cfg.generation.gpus or int(gpus_available())) if gpu_engines else 0
     schedule = None
     if gpu_engines and gpus > 0:
         try:
@@ -130,7 +132,7 @@ def schedule_pools(cfg: JobConfig, by_model: list[ModelTally], build: bool = Tru
             continue
         gpu = engine in gpu_engines
         replicas = schedule.replicas(loads[engine].name) if gpu and schedule is not None else max(m.replicas for m in members)
-        pools.append(EnginePool(engine, tuple(members), replicas, gpu))
+        pools.append(EnginePool(engine, tuple(members), replicas, gpu, answer_lengths(cfg, members, by_model)))
     return pools, schedule
 
 
@@ -196,18 +198,46 @@ def engine_settings(cfg: JobConfig, engine: Engine, members: Sequence[ModelSpec]
 # vLLM's default running batch (max_num_seqs) for offline use: on large GPUs (H100, H200, B200)
 # and on the CPU build; other GPUs take 256, which this covers too.
 VLLM_RUNNING_BATCH = {"gpu": 1024, "cpu": 256}
-# Rows in flight per engine, in running batches. A call returns only when its longest answer is
-# done, so with heavy-tailed lengths most open calls hold only a long answer or two: the engine
-# needs many calls open to keep its batch full (bench/feeding.py: 2,048 rows in flight on the CPU
-# build kept 64% of one LLM.generate, 4,096 rows 76-83%, 8,192 rows 79%).
+# Rows in flight per engine, in running batches: where the pool's answer lengths are not predicted,
+# and the fewest where they are; and the most (`batches_in_flight`).
 ROWS_IN_FLIGHT = 16
+MOST_ROWS_IN_FLIGHT = 64
+MOST_CALLS_IN_FLIGHT = 128
+"""Threads one engine actor runs calls in, at most."""
 
 
-def engine_calls_in_flight(generation: GenerationSpec, backend: str, on_gpu: bool) -> int:
+@dataclass(frozen=True)
+class AnswerLengths:
+    """An engine pool's predicted answers: the mean over its rows, and the longest any may run."""
+
+    mean: float
+    most: int
+    """The pool's largest max_tokens."""
+
+
+def batches_in_flight(lengths: AnswerLengths | None) -> float:
+    """Rows one engine holds at once, in running batches, so that its batch stays full.
+
+    A call returns only with its longest answer, so an open call holds its rows' slots until that
+    one is done: about `most` engine steps after its rows start, while the engine finishes about a
+    running batch of rows every `mean` steps. By Little's law the engine then needs about
+    1 + most / mean running batches of rows in flight (one running, the rest in calls waiting for
+    their longest answer); with heavy-tailed lengths, many (answers of 9 tokens on average and up
+    to 256: 29). Never fewer than ROWS_IN_FLIGHT (lengths mispredicted, or not predicted: None),
+    nor more than MOST_ROWS_IN_FLIGHT (bench/feeding.py: 16,384 rows on the CPU build, 943 engine
+    steps with 16 running batches in flight, 790 with 32, as with every row in one call)."""
+    if lengths is None or not lengths.mean > 0:
+        return ROWS_IN_FLIGHT
+    return min(MOST_ROWS_IN_FLIGHT, max(ROWS_IN_FLIGHT, 1 + lengths.most / lengths.mean))
+
+
+def engine_calls_in_flight(generation: GenerationSpec, backend: str, on_gpu: bool,
+                           lengths: AnswerLengths | None = None, *, most: bool = False) -> int:  # fmt: skip
     """Calls one engine actor runs at once (`generation.calls_in_flight`; auto: calls of batch_size
-    rows holding ROWS_IN_FLIGHT of vLLM's running batches, so that the engine's batch stays full
-    while open calls wait for their longest answers; 2 for an endpoint, whose requests in flight
-    are bounded apart; 1 where the engine answers a call at a time)."""
+    rows holding `batches_in_flight(lengths)` of vLLM's running batches, so that the engine's batch
+    stays full while open calls wait for their longest answers; 2 for an endpoint, whose requests
+    in flight are bounded apart; 1 where the engine answers a call at a time). `most`: the most
+    it may be for any lengths (an engine started before its rows are routed runs that many threads)."""
     from router.backends.generators import BACKENDS
 
     if not BACKENDS[backend].CONCURRENT:
@@ -217,7 +247,30 @@ def engine_calls_in_flight(generation: GenerationSpec, backend: str, on_gpu: boo
     if backend != "vllm":
         return 2
     running = VLLM_RUNNING_BATCH["gpu" if on_gpu else "cpu"]
-    return math.ceil(ROWS_IN_FLIGHT * running / generation.batch_size)
+    batches = MOST_ROWS_IN_FLIGHT if most else batches_in_flight(lengths)
+    return min(MOST_CALLS_IN_FLIGHT, math.ceil(batches * running / generation.batch_size))
+
+
+def answer_lengths(cfg: JobConfig, members: Sequence[ModelSpec],
+                   by_model: Sequence[ModelTally]) -> AnswerLengths | None:  # fmt: skip
+    """The pool's predicted answers, from the routed rows' tally: each row's predicted answer where
+    its profile predicts one, else its model's planned answer (`planned_output_tokens`). None: no rows."""
+    from router.cost import planned_output_tokens
+
+    tallied = {t.model: t for t in by_model if t.model is not None}
+    tokens, rows, most = 0.0, 0, 0
+    for m in members:
+        t = tallied.get(m.name)
+        if t is None or not t.ok_rows:
+            continue
+        if t.ok_answer_tokens is not None:
+            tokens += t.ok_answer_tokens
+        else:
+            tokens += t.ok_rows * planned_output_tokens(m.expected_output_tokens, cfg.budget.default_output_tokens,
+                                                        m.max_tokens)  # fmt: skip
+        rows += t.ok_rows
+        most = max(most, m.max_tokens)
+    return AnswerLengths(tokens / rows, most) if rows else None
 
 
 def engine_restarts(retries: int) -> dict[str, Any]:

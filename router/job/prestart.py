@@ -46,7 +46,7 @@ class StartedEngines:
     created: float
     """time.time() when they were created (an engine tells when it was ready in the same clock)."""
     calls: int = 1
-    """Calls each engine runs at once (`engine_calls_in_flight`)."""
+    """Calls each engine can run at once (its threads: `engine_calls_in_flight`'s most)."""
     busy_told: float = 0.0
     """Seconds of answering that earlier passes' `usage` already told (a job answers in waves)."""
     start_told: bool = False
@@ -138,7 +138,8 @@ def start_engines(cfg: JobConfig, ledger: Any = None) -> StartedEngines | None:
         # A quarter CPU while the encoders run beside it (the CPU stages' actors take the rest of a
         # 2-CPU node); its rows come after encoding, when those actors are gone.
         resources["num_cpus"] = 0.25
-    calls = engine_calls_in_flight(cfg.generation, engine.backend, pool.on_gpu)
+    # Threads for as many calls as any routing may need: how many it needs is known once it is done.
+    calls = engine_calls_in_flight(cfg.generation, engine.backend, pool.on_gpu, most=True)
     actor = ray.remote(EngineActor).options(**resources, **engine_restarts(cfg.generation.engine_retries),
                                             max_concurrency=calls)  # fmt: skip
     engines = [actor.remote(engine.backend, kwargs) for _ in range(pool.replicas)]

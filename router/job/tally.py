@@ -20,6 +20,7 @@ from router.job.output import committed_files
 # The columns summed per model, where a batch has them (routed rows have no tokens yet).
 TALLY_SUMS = (S.PREDICTED_COST, S.ACTUAL_COST, S.INPUT_TOKENS, S.OUTPUT_TOKENS, S.PREDICTED_QUALITY)
 PROMPT_BYTES = "prompt_bytes"
+ANSWER_TOKENS = "predicted_answer_tokens"
 ROWS = "count_all"
 """Arrow's name for a group's row count (`count_all`), also report.json's."""
 
@@ -47,6 +48,9 @@ class ModelTally:
     predicted_quality: float | None = None
     ok_prompt_bytes: int | None = None
     """The UTF-8 length of the ok rows' prompts (routed rows): their load, for the GPU schedule."""
+    ok_answer_tokens: float | None = None
+    """The ok rows' predicted answer tokens (routed rows whose profile predicts answer lengths):
+    how many calls each engine is fed at once (`router.job.engines.engine_calls_in_flight`)."""
 
     def add(self, part: Mapping[str, Any]) -> ModelTally:
         """This tally plus one of `tally_batch`'s rows (this model, one status)."""
@@ -63,6 +67,7 @@ class ModelTally:
             input_tokens=plus(self.input_tokens, S.INPUT_TOKENS), output_tokens=plus(self.output_tokens, S.OUTPUT_TOKENS),
             predicted_quality=plus(self.predicted_quality, S.PREDICTED_QUALITY),
             ok_prompt_bytes=plus(self.ok_prompt_bytes, PROMPT_BYTES) if ok else self.ok_prompt_bytes,
+            ok_answer_tokens=plus(self.ok_answer_tokens, ANSWER_TOKENS) if ok else self.ok_answer_tokens,
         )  # fmt: skip
 
     def sums(self) -> dict[str, Any]:
@@ -77,6 +82,8 @@ class ModelTally:
         d.update({_sum(c): total for c, total in self.sums().items() if total is not None})
         if self.ok_prompt_bytes is not None:
             d["ok_prompt_bytes"] = self.ok_prompt_bytes
+        if self.ok_answer_tokens is not None:
+            d["ok_answer_tokens"] = self.ok_answer_tokens
         return d
 
     @classmethod
@@ -86,6 +93,7 @@ class ModelTally:
             d[S.MODEL], d[ROWS], d.get("ok_rows", 0), dict(d.get("statuses", {})),
             d.get(_sum(S.PREDICTED_COST)), d.get(_sum(S.ACTUAL_COST)), d.get(_sum(S.INPUT_TOKENS)),
             d.get(_sum(S.OUTPUT_TOKENS)), d.get(_sum(S.PREDICTED_QUALITY)), d.get("ok_prompt_bytes"),
+            d.get("ok_answer_tokens"),
         )  # fmt: skip
 
     @classmethod
@@ -108,6 +116,9 @@ def tally_batch(batch: pa.Table) -> pa.Table:
     if S.PROMPT in batch.column_names:  # routed rows, not yet answered: their load, for the schedule
         t = t.append_column(PROMPT_BYTES, pc.fill_null(pc.binary_length(batch[S.PROMPT].cast(pa.string())), 0))
         sums.append(PROMPT_BYTES)
+    if S.EST_OUTPUT_TOKENS in batch.column_names:  # routed rows' predicted answers: how deep engines are fed
+        t = t.append_column(ANSWER_TOKENS, pc.fill_null(batch[S.EST_OUTPUT_TOKENS].cast(pa.float64()), 0.0))
+        sums.append(ANSWER_TOKENS)
     t = t.group_by([S.MODEL, S.STATUS], use_threads=False)
     return t.aggregate([([], ROWS)] + [(c, "sum") for c in sums])
 
