@@ -134,6 +134,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="run both sides this many times, alternating (the "
                     "baseline in a fresh process each time), and report the median: this machine's speed "
                     "moves by 10-20%% between runs")
+    ap.add_argument("--beside", action="store_true", help="also run the stage with each call's own work (the chat "
+                    "template, tokenizing) in the call's thread beside the engine's steps (before), not between them")
     ap.add_argument("--baseline-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.baseline_only:  # the baseline's own process (an engine each: two in one process slow each other)
@@ -185,15 +187,23 @@ def main() -> None:
 
     gen, steps = started()
 
-    def stage(at_once: int) -> tuple[float, int, int]:
+    def stage(at_once: int, beside: bool = False) -> tuple[float, int, int]:
         before = steps[0]
+        if beside:  # the call's own work in its own thread, as before
+            gen._between_steps = lambda fn: fn()
         t0 = time.perf_counter()
         with ThreadPoolExecutor(at_once) as pool:
             out = list(pool.map(gen, batches))
+        if beside:
+            del gen._between_steps
         seconds = time.perf_counter() - t0
         return seconds, sum(sum(t[S.OUTPUT_TOKENS].to_pylist()) for t in out), steps[0] - before
 
     labels = [f"stage: calls of {args.batch} rows, {k} at once" for k in calls]
+    sides = [(k, False) for k in calls]
+    if args.beside:
+        labels += [f"stage, {k} at once, work beside the steps" for k in calls]
+        sides += [(k, True) for k in calls]
     runs: dict[str, list[tuple[float, int, int]]] = {label: [] for label in labels}
     ratios: dict[str, list[float]] = {label: [] for label in labels}
     for r in range(args.repeat):
@@ -201,8 +211,8 @@ def main() -> None:
             gen.close()
             bases.append(run_baseline())
             gen, steps = started()
-        for k, label in zip(calls, labels):
-            runs[label].append(stage(k))
+        for (k, beside), label in zip(sides, labels):
+            runs[label].append(stage(k, beside))
             ratios[label].append(runs[label][-1][1] / runs[label][-1][0] / (base_tokens / bases[-1]["seconds"]))
     if args.one_at_a_time:
         labels.append(f"one call of {args.batch} rows at a time")

@@ -269,6 +269,31 @@ def test_calls_at_once_share_one_running_batch(generator):
 
 
 @pytest.mark.timeout(300)
+def test_a_cpu_engines_calls_render_between_its_steps(generator):
+    """On vLLM's CPU build the engine computes in this process: a call's chat template and
+    tokenizing run in the engine's own thread between two steps, not beside them on its cores. A
+    chore that fails raises in its call and leaves the engine serving."""
+    import threading
+
+    where = []
+    real = generator.render
+
+    def render(prompts):
+        where.append(threading.current_thread().name)
+        return real(prompts)
+
+    generator.render = render
+    try:
+        out = generator(make_batch(["Name a colour.", "Name a fruit."], ["tiny-terse"] * 2)).to_pylist()
+    finally:
+        del generator.render
+    assert where == ["vllm-engine-loop"] and [r[S.STATUS] for r in out] == [S.OK] * 2
+    with pytest.raises(ZeroDivisionError):
+        generator._loop.call(lambda: 1 / 0)
+    assert generator(make_batch(["Name a tree."], ["tiny-terse"])).to_pylist()[0][S.STATUS] == S.OK
+
+
+@pytest.mark.timeout(300)
 def test_rows_predicted_longest_start_first(generator):
     """Given each row's predicted answer length (the router's `est_output_tokens`), a call hands
     the engine its rows longest first, so that its long answers start at once; the output keeps

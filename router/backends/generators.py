@@ -31,7 +31,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,6 +176,15 @@ class Generator:
         """Token ids of each prompt as one user turn, the way the engine will see it."""
         return render_ids(self._tokenizer, prompts)
 
+    def _rendered(self, prompts: list[str]) -> list[Any]:
+        with self._render_lock:  # calls at once: one tokenizer
+            return self.render(prompts) if prompts else []
+
+    def _between_steps(self, fn: Callable[[], Any]) -> Any:
+        """Run a call's own work (`fn`) where it costs the engine least: here, in the call's thread
+        (an engine that computes elsewhere, a GPU or an endpoint, goes on meanwhile)."""
+        return fn()
+
     def __call__(self, batch: pa.Table) -> pa.Table:
         start = time.perf_counter()
         missing = [c for c in (S.PROMPT, S.MODEL) if c not in batch.column_names]
@@ -207,8 +216,7 @@ class Generator:
             else:
                 runnable.append(i)
 
-        with self._render_lock:
-            token_ids = dict(zip(runnable, self.render([prompts[i] for i in runnable]))) if runnable else {}
+        token_ids = dict(zip(runnable, self._between_steps(lambda: self._rendered([prompts[i] for i in runnable]))))
         to_generate = []
         for i in runnable:
             ids = token_ids[i]
@@ -519,6 +527,11 @@ class VLLMGenerator(Generator):
                 logit_bias={self._tokenizer.eos_token_id: m.eos_bias} if m.eos_bias else None,
             )
         return made
+
+    def _between_steps(self, fn: Callable[[], Any]) -> Any:
+        """An engine that computes in this process (vLLM's CPU build): the call's work runs in the
+        engine's thread between two steps (`EngineLoop.call`), not beside them on the engine's cores."""
+        return self._loop.call(fn) if self.in_process else fn()
 
     def _run(self, rows: list[int], token_ids: dict[int, list[int]], names: list[Any]) -> list[_Result]:
         """The rows' requests join the engine's running batch at its next step, beside those of
