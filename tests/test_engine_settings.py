@@ -98,7 +98,9 @@ def test_a_pools_answer_lengths_come_from_its_routed_rows():
 
     from router import schema as S
     from router.cost import planned_output_tokens
-    from router.job.engines import AnswerLengths, schedule_pools
+    import dataclasses
+
+    from router.job.engines import AnswerLengths, engine_calls_in_flight, pool_calls_in_flight, schedule_pools
     from router.job.tally import ModelTally, tally_batch, tally_parts
 
     cfg = load_config(CONFIG, ["input=x", "output=y", "generation.standin=true", "generation.device=cpu"])
@@ -117,7 +119,11 @@ def test_a_pools_answer_lengths_come_from_its_routed_rows():
     (pool,) = schedule_pools(cfg, by_model, build=False)[0]  # the stand-in: every model on one engine
     m = cfg.models[1]
     planned = planned_output_tokens(m.expected_output_tokens, cfg.budget.default_output_tokens, m.max_tokens)
-    assert pool.lengths == AnswerLengths((14.0 + planned) / 3, max(cfg.models[0].max_tokens, m.max_tokens))
+    assert pool.lengths == AnswerLengths((14.0 + planned) / 3, max(cfg.models[0].max_tokens, m.max_tokens), rows=3)
+    # Fed no more calls at once than its rows make.
+    assert pool_calls_in_flight(cfg, pool) == 1
+    many = dataclasses.replace(pool, lengths=dataclasses.replace(pool.lengths, rows=100_000))
+    assert pool_calls_in_flight(cfg, many) == engine_calls_in_flight(cfg.generation, "vllm", False, many.lengths)
 
 
 def test_a_cpu_engine_takes_its_share_of_the_cores():

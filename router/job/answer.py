@@ -28,7 +28,7 @@ from router.config import JobConfig
 from router.job import build
 from router.job.cluster import driver_batches, in_thread, log, small_job
 from router.job.engines import (
-    EnginePool, engine_calls_in_flight, engine_died, engine_failure, engine_groups, schedule_pools, standin_weights,
+    EnginePool, engine_died, engine_failure, engine_groups, pool_calls_in_flight, schedule_pools, standin_weights,
 )  # fmt: skip
 from router.job.output import (
     Committed, Prior, commit_shard, finalize, raise_fence, read_prior, written_rows_and_tokens,
@@ -107,10 +107,10 @@ def answer_pool(cfg: JobConfig, pool: EnginePool, assigned, resumed: Prior | Non
     t0 = time.perf_counter()
     where = engine.base_url if engine.backend == "openai" else engine.backend
     gpus = f", {engine.tensor_parallel} GPU{'s' if engine.tensor_parallel > 1 else ''} each" if pool.on_gpu else ""
-    calls = engine_calls_in_flight(cfg.generation, engine.backend, pool.on_gpu, pool.lengths)
+    calls = pool_calls_in_flight(cfg, pool)
     if started is not None:
         calls = min(calls, started.calls)
-    fed = f", {calls} calls of {cfg.generation.batch_size} rows in flight each" if calls > 1 else ""
+    fed = f", up to {calls} calls of {cfg.generation.batch_size} rows at once each" if calls > 1 else ""
     if fed and pool.lengths is not None and cfg.generation.calls_in_flight is None and engine.backend == "vllm":
         fed += f" (answers predicted {pool.lengths.mean:.3g} tokens on average, up to {pool.lengths.most})"
     log(f"generate {pool.label}: {pool.replicas} engine(s) of {engine.weights} ({where}{gpus}){fed}")
@@ -153,8 +153,7 @@ def answer_with_own_engines(cfg: JobConfig, pool: EnginePool, rows, fence: str, 
 
 def answer_with_started_engines(cfg: JobConfig, pool: EnginePool, assigned, rows, started: StartedEngines, calls: int,
                                 fence: str, keep_refused: bool = True) -> tuple[Committed, EngineStart]:
-    """Feed engines started earlier, `calls` batches in flight per engine (`engine_calls_in_flight`
-    for the pool's rows): from the driver for a small job, else through feeder actors.
+    """Feed engines started earlier, `calls` batches in flight per engine (`pool_calls_in_flight`): from the driver for a small job, else through feeder actors.
     The engines may still be starting: the rows wait at them, while a thread waits for their
     start. A start that fails fails the pass too, and one that times out stops the engines,
     which ends the pass."""

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from router import schema as S
 from router.config import JobConfig
 from router.job.cluster import ROUTE_BATCH
-from router.job.engines import EnginePool, engine_calls_in_flight, engine_restarts, engine_settings, standin_weights
+from router.job.engines import EnginePool, engine_restarts, engine_settings, pool_calls_in_flight, standin_weights
 from router.job.output import commit_shard, finalize
 from router.stages.route import RoutePlan
 
@@ -154,7 +154,7 @@ def rows_for(models: list[str] | None) -> StageSpec:
 
 def generate(cfg: JobConfig, pool: EnginePool, ledger: Any = None) -> StageSpec:
     """The pool's generator in Ray Data actors (Ray Data starts the engines), each running
-    `engine_calls_in_flight` calls at once; a dead engine is replaced and its batch retried
+    `pool_calls_in_flight` calls at once; a dead engine is replaced and its batch retried
     (`engine_restarts`). `ledger`: the hard budget's, or None."""
     from router.backends.generators import BACKENDS
 
@@ -163,8 +163,7 @@ def generate(cfg: JobConfig, pool: EnginePool, ledger: Any = None) -> StageSpec:
                                         pool.replicas)  # fmt: skip
     return StageSpec(
         BACKENDS[engine.backend], **resources, actors=dict(size=pool.replicas), batch_size=cfg.generation.batch_size,
-        calls=engine_calls_in_flight(cfg.generation, engine.backend, pool.on_gpu, pool.lengths),
-        fn_constructor_kwargs=kwargs,
+        calls=pool_calls_in_flight(cfg, pool), fn_constructor_kwargs=kwargs,
         ray_remote_args_fn=partial(engine_restarts, cfg.generation.engine_retries),
     )  # fmt: skip
 

@@ -213,6 +213,8 @@ class AnswerLengths:
     mean: float
     most: int
     """The pool's largest max_tokens."""
+    rows: int = 0
+    """How many rows the pool answers (0: not known)."""
 
 
 def batches_in_flight(lengths: AnswerLengths | None) -> float:
@@ -270,7 +272,16 @@ def answer_lengths(cfg: JobConfig, members: Sequence[ModelSpec],
                                                         m.max_tokens)  # fmt: skip
         rows += t.ok_rows
         most = max(most, m.max_tokens)
-    return AnswerLengths(tokens / rows, most) if rows else None
+    return AnswerLengths(tokens / rows, most, rows) if rows else None
+
+
+def pool_calls_in_flight(cfg: JobConfig, pool: EnginePool) -> int:
+    """Calls each of the pool's engines is fed at once: `engine_calls_in_flight` for its rows'
+    predicted answers, and no more than the calls its rows make."""
+    calls = engine_calls_in_flight(cfg.generation, pool.engine.backend, pool.on_gpu, pool.lengths)
+    if pool.lengths is not None and pool.lengths.rows:
+        calls = min(calls, math.ceil(pool.lengths.rows / cfg.generation.batch_size))
+    return max(1, calls)
 
 
 def engine_restarts(retries: int) -> dict[str, Any]:
